@@ -1,0 +1,1 @@
+"""Lightning callbacks of segtrain (configured in ``configs/callbacks/``)."""

@@ -1,0 +1,45 @@
+"""Deep supervision: apply a loss to every output head with decaying weights, as nnU-Net does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Σ_i w_i·loss(output_i, target), w_i ∝ 1/2^i normalised to sum 1, i = 0 for the main output.
+
+    MONAI's ``BasicUNetPlusPlus`` returns its heads shallow-first with the main (deepest) output
+    last, so the list is read from the end. Heads of lower resolution are compared with a
+    nearest-neighbour downsampled label map.
+    """
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    @staticmethod
+    def weights(num_outputs: int) -> list[float]:
+        raw = [0.5**i for i in range(num_outputs)]
+        total = sum(raw)
+        return [w / total for w in raw]
+
+    @property
+    def label_maps(self) -> dict:
+        return getattr(self.loss, "label_maps", {})
+
+    def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor, **maps: Tensor) -> Tensor:
+        if isinstance(outputs, Tensor):
+            return self.loss(outputs, target, **maps)
+        heads = list(outputs)[::-1]  # main output first
+        total = 0.0
+        for weight, head in zip(self.weights(len(heads)), heads):
+            t, m = target, maps
+            if tuple(head.shape[2:]) != tuple(target.shape[-(head.ndim - 2):]):
+                t = target if target.ndim == head.ndim else target.unsqueeze(1)
+                t = F.interpolate(t.float(), size=head.shape[2:], mode="nearest").long()
+                m = {k: F.interpolate(v.float(), size=head.shape[2:], mode="nearest") for k, v in maps.items()}
+            total = total + weight * self.loss(head, t, **m)
+        return total

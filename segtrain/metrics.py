@@ -1,0 +1,61 @@
+"""Dice and IoU per foreground class from TP/FP/FN accumulated over a whole epoch and all ranks.
+
+The nnU-Net convention: counts are summed over every case of the validation set (and every DDP
+rank) before the ratio is taken, so a tiny lesion in one case weighs what its voxels weigh, and
+the result does not depend on the batch size. A class absent from both the prediction and the
+labels of the whole epoch has no score (NaN) and is left out of the mean, not scored 0 or 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+def confusion_counts(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """TP, FP, FN per foreground class (1..C-1) for hard label maps ``pred`` and ``target`` of equal shape."""
+    pred = pred.flatten().long()
+    target = target.flatten().long()
+    # One bincount of the joint (target, pred) index gives the whole confusion matrix.
+    confusion = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    confusion = confusion.reshape(num_classes, num_classes)  # rows: truth, columns: prediction
+    tp = confusion.diagonal()
+    fp = confusion.sum(0) - tp
+    fn = confusion.sum(1) - tp
+    return tp[1:], fp[1:], fn[1:]
+
+
+class OverlapMetrics(Metric):
+    """Accumulates TP/FP/FN per foreground class; ``compute()`` gives Dice and IoU per class and their means.
+
+    States are summed across DDP ranks by torchmetrics at ``compute()``.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise ValueError(f"OverlapMetrics needs num_classes >= 2 (background + foreground), got {num_classes}")
+        self.num_classes = num_classes
+        for name in ("tp", "fp", "fn"):
+            self.add_state(name, default=torch.zeros(num_classes - 1, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """``pred`` and ``target``: hard label maps (B, 1, *S) or (B, *S)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(target.shape)}")
+        tp, fp, fn = confusion_counts(pred, target, self.num_classes)
+        self.tp += tp.to(self.tp.dtype)
+        self.fp += fp.to(self.fp.dtype)
+        self.fn += fn.to(self.fn.dtype)
+
+    def compute(self) -> dict[str, Tensor]:
+        denom = self.tp + self.fp + self.fn
+        scored = denom > 0
+        nan = torch.full_like(self.tp, float("nan"))
+        dice = torch.where(scored, 2 * self.tp / (denom + self.tp).clamp_min(1), nan)
+        iou = torch.where(scored, self.tp / denom.clamp_min(1), nan)
+        return {"dice": dice, "iou": iou, "mean_dice": dice.nanmean(), "mean_iou": iou.nanmean()}

@@ -1,0 +1,167 @@
+"""The LightningModule: registry loss, optimizer/scheduler from config, Dice/IoU from epoch-level counts.
+
+Logged tags (DESIGN.md): ``train/loss``, ``train/dice`` (hard Dice on training patches),
+``val/loss``, ``val/dice``, ``val/iou`` (means over foreground classes), ``val/dice/<class>``,
+``val/iou/<class>``; the LR monitor adds ``lr-*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from segtrain.losses.deep_supervision import DeepSupervisionLoss
+from segtrain.metrics import OverlapMetrics
+
+
+def main_output(output: Tensor | Sequence[Tensor]) -> Tensor:
+    """The prediction head: MONAI's UNet++ returns a list with the main output last."""
+    return output if isinstance(output, Tensor) else output[-1]
+
+
+class SegmentationModule(LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        num_classes: int,
+        class_names: Sequence[str],
+        optimizer: Any,
+        scheduler: Any = None,
+        scheduler_interval: str = "step",
+        inference: dict | None = None,
+        hparams: dict | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.loss = DeepSupervisionLoss(loss)
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.inference = {"roi_size": None, "sw_batch_size": 4, "overlap": 0.25, "mode": "gaussian", **(inference or {})}
+        self.train_metrics = OverlapMetrics(num_classes)
+        self.val_metrics = OverlapMetrics(num_classes)
+        self.val_loss = MeanMetric()
+        self.train_loss = MeanMetric()
+        self.print_epoch_summary = True
+        self._header_printed = False
+        # Flat run parameters for the HParams tab (saved in checkpoints too).
+        self.save_hyperparameters({"run": hparams or {}})
+        self.best_val_dice = float("nan")
+        self.last_epoch_metrics: dict[str, float] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return main_output(self.net(x))
+
+    def _label_maps(self, batch: dict) -> dict[str, Tensor]:
+        """Per-case maps the loss asked the data pipeline for (e.g. signed distance maps)."""
+        return {name: _as_tensor(batch[name]).float() for name in self.loss.label_maps if name in batch}
+
+    def on_train_epoch_start(self) -> None:
+        # Scheduled losses (e.g. boundary's alpha) advance once per epoch; their values are logged.
+        values = self.loss.loss.on_epoch_start(self.current_epoch) if hasattr(self.loss.loss, "on_epoch_start") else {}
+        for name, value in values.items():
+            self.log(f"loss/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+
+    # -- training -----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        image, label = _as_tensor(batch["image"]), _as_tensor(batch["label"]).long()
+        output = self.net(image)
+        loss = self.loss(output, label, **self._label_maps(batch))
+        with torch.no_grad():
+            pred = main_output(output).argmax(1, keepdim=True)
+            self.train_metrics.update(pred, label)
+            self.train_loss.update(loss.detach())
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=image.shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Epoch values are global: counts and loss sums are reduced over ranks by torchmetrics.
+        scores = self.train_metrics.compute()
+        train = {"train/loss_epoch": self.train_loss.compute(), "train/dice": scores["mean_dice"]}
+        self.log_dict({k: v.float() for k, v in train.items()}, sync_dist=False)
+        self.train_metrics.reset()
+        self.train_loss.reset()
+        self.last_epoch_metrics.update({k: float(v) for k, v in train.items()})
+        if self.print_epoch_summary:
+            self._print_epoch_line()
+
+    def _print_epoch_line(self) -> None:
+        columns = ("train/loss_epoch", "train/dice", "val/loss", "val/dice", "val/iou")
+        if not self._header_printed:
+            self.print("epoch | " + " | ".join(f"{c.replace('_epoch', ''):>10}" for c in columns))
+            self._header_printed = True
+        values = [self.last_epoch_metrics.get(c) for c in columns]
+        cells = ["-" if v is None else f"{v:.4f}" for v in values]
+        self.print(f"{self.current_epoch:5d} | " + " | ".join(f"{c:>10}" for c in cells))
+
+    # -- validation: whole cases, sliding window ------------------------------------------------
+    def predict_logits(self, image: Tensor) -> Tensor:
+        from monai.inferers import sliding_window_inference
+
+        roi = self.inference["roi_size"] or image.shape[2:]
+        return sliding_window_inference(
+            image,
+            roi_size=list(roi),
+            sw_batch_size=int(self.inference["sw_batch_size"]),
+            predictor=self,
+            overlap=float(self.inference["overlap"]),
+            mode=self.inference["mode"],
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
+        if "count" in batch and not int(batch["count"].sum()):
+            return  # padding that evens out the cases across DDP ranks: not scored
+        image, label = _as_tensor(batch["image"]), _as_tensor(batch["label"]).long()
+        logits = self.predict_logits(image)
+        self.val_loss.update(self.loss.loss(logits, label, **self._label_maps(batch)), weight=image.shape[0])
+        pred = logits.argmax(1, keepdim=True)
+        self.val_metrics.update(pred, label)
+        # For callbacks (overlays, diagnostics): the whole case, its label and the prediction.
+        return {"image": image, "label": label, "pred": pred, "id": batch.get("id")}
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()  # summed over all cases and ranks
+        val_loss = self.val_loss.compute()
+        metrics = {"val/loss": val_loss, "val/dice": scores["mean_dice"], "val/iou": scores["mean_iou"]}
+        for index, name in enumerate(self.class_names[1:]):
+            metrics[f"val/dice/{name}"] = scores["dice"].reshape(-1)[index]  # torchmetrics squeezes size-1 outputs
+            metrics[f"val/iou/{name}"] = scores["iou"].reshape(-1)[index]
+        # Values are already global: no further reduction across ranks.
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
+        self.log("val_dice", metrics["val/dice"].float(), prog_bar=True, logger=False, sync_dist=False)
+        self.val_metrics.reset()
+        self.val_loss.reset()
+        if not self.trainer.sanity_checking:
+            dice = float(metrics["val/dice"])
+            if not (dice <= self.best_val_dice):  # also replaces the initial NaN
+                self.best_val_dice = dice
+            self.last_epoch_metrics.update({k: float(v) for k, v in metrics.items()})
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        keywords = getattr(self.scheduler_factory, "keywords", {})
+        if "total_iters" in keywords and keywords["total_iters"] is None:
+            kwargs["total_iters"] = (
+                self.trainer.estimated_stepping_batches if self.scheduler_interval == "step" else self.trainer.max_epochs
+            )
+        if "T_max" in keywords and keywords["T_max"] is None:
+            kwargs["T_max"] = self.trainer.estimated_stepping_batches if self.scheduler_interval == "step" else self.trainer.max_epochs
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+
+def _as_tensor(x: Tensor) -> Tensor:
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+

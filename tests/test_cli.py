@@ -1,0 +1,125 @@
+"""The real command line, run in subprocesses as a user would (tiny data, tiny network)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_2D, TINY_3D, run_cli
+from segtrain.events import read_hparams, read_scalars
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_TAGS = {"train/loss", "train/dice", "val/loss", "val/dice", "val/iou", "val/dice/sphere", "val/iou/sphere"}
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def test_default_run_writes_everything_into_the_run_dir(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    proc = ok(run_cli([*TINY_3D, "trainer.max_epochs=2", f"hydra.run.dir={run}"], tmp_path, cache_dir))
+    assert "best val/dice" in proc.stdout and f"tensorboard --logdir {run}" in proc.stdout
+    assert "val/dice" in proc.stdout and "val/iou" in proc.stdout  # per-epoch line
+    assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert (run / "dataset_report.txt").is_file() and (run / "split.json").is_file()
+    scalars = read_scalars(run)
+    assert REQUIRED_TAGS <= set(scalars), sorted(scalars)
+    assert any(tag.startswith("lr-") for tag in scalars)
+    assert len(scalars["val/dice"]) == 2  # one per epoch
+    assert all(0.0 <= s.value <= 1.0 for s in scalars["val/dice"])
+    hparams = read_hparams(run)
+    assert hparams["loss.name"] == "dice_ce" and "model._target_" in hparams
+    assert {"hp/best_val_dice", "hp/final_val_dice"} <= set(scalars)
+    assert scalars["hp/best_val_dice"][-1].value == pytest.approx(max(s.value for s in scalars["val/dice"]), abs=1e-6)
+
+
+def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, cache_dir):
+    first, second = tmp_path / "first", tmp_path / "second"
+    ok(run_cli([*TINY_3D, "trainer.max_epochs=1", f"hydra.run.dir={first}"], tmp_path, cache_dir))
+    last = first / "checkpoints" / "last.ckpt"
+    proc = ok(run_cli([*TINY_3D, "trainer.max_epochs=2", f"ckpt_path={last}", f"hydra.run.dir={second}"], tmp_path, cache_dir))
+    assert "finished 2 epoch(s)" in proc.stdout
+    steps = [s.step for s in read_scalars(second)["val/dice"]]
+    assert len(steps) == 1 and steps[0] >= 2 * 2 - 1  # only epoch 1 ran, after epoch 0's steps
+
+
+def test_2d_run(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    ok(run_cli([*TINY_2D, f"hydra.run.dir={run}"], tmp_path, cache_dir))
+    assert {"val/dice/disc", "train/loss"} <= set(read_scalars(run))
+
+
+def test_unetpp_with_deep_supervision(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    args = [a for a in TINY_3D if not a.startswith(("model.", "data.patch_size"))]
+    ok(run_cli([*args, "model=unetpp", "model.features=[4,4,8,8,16,4]", "model.deep_supervision=true",
+                "data.patch_size=[32,32,32]", f"hydra.run.dir={run}"],
+               tmp_path, cache_dir))
+    assert "val/dice" in read_scalars(run)
+
+
+def test_bf16_mixed_precision(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    ok(run_cli([*TINY_3D, "trainer.precision=bf16-mixed", f"hydra.run.dir={run}"], tmp_path, cache_dir))
+    losses = [s.value for s in read_scalars(run)["train/loss"]]
+    assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_ddp_two_cpu_processes_logs_global_metrics(tmp_path, cache_dir):
+    """val/dice logged by a 2-process run equals a single-process evaluation of all validation cases."""
+    run = tmp_path / "run"
+    # 3 validation cases on 2 ranks: one rank also gets a padding item, which must not be scored.
+    ddp_data = ["data.synthetic.num_cases=8", "data.val_fraction=0.375"]
+    ok(run_cli([*TINY_3D, *ddp_data, "loss=tversky", "loss.alpha=0.7", "trainer.accelerator=cpu", "trainer.devices=2",
+                f"hydra.run.dir={run}"], tmp_path, cache_dir))
+    logged = read_scalars(run)["val/dice"][-1].value
+
+    import torch
+    from lightning.pytorch import Trainer
+
+    from conftest import compose
+    from segtrain.data import build_datamodule
+    from segtrain.train import build_loss_from_config, build_module
+
+    cfg = compose([*TINY_3D, *ddp_data, "loss=tversky", "loss.alpha=0.7"], cache_dir=cache_dir)
+    data = build_datamodule(cfg.data)
+    assert len(data.val_cases) == 3
+    module = build_module(cfg, data.spec, build_loss_from_config(cfg.loss))
+    module.load_state_dict(torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    module.print_epoch_summary = False
+    Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, datamodule=data)
+    assert module.last_epoch_metrics["val/dice"] == pytest.approx(logged, abs=1e-5)
+
+
+def test_multirun_sweeps_losses(tmp_path, cache_dir):
+    proc = ok(run_cli(["-m", *TINY_3D, "loss=dice,tversky", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, cache_dir))
+    runs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and (p / ".hydra").is_dir())
+    assert len(runs) == 2, proc.stdout
+    assert all("val/dice" in read_scalars(r) for r in runs)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["loss=nope"], "Could not find 'loss/nope'"),
+        (["loss.name=nope"], "unknown loss 'nope'; available losses: ce, dice"),
+        (["loss=tversky", "loss.alpha=1.5"], "alpha=1.5 is out of range"),
+        (["data=nifti", "data.root=/does/not/exist", "data.patch_size=[16,16,16]"], "data.root=/does/not/exist does not exist"),
+        (["data=nifti", "data.patch_size=[16,16,16]"], "data.root is not set"),
+        (["ckpt_path=/nope/last.ckpt"], "ckpt_path=/nope/last.ckpt: no such checkpoint"),
+        (["data.patch_size=[20,20,20]"], "must be a multiple of 8 (the product of its down-sampling strides) and at least 16"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, cache_dir, args, expected):
+    base = [a for a in TINY_3D if not a.startswith("data.")] if "data=nifti" in args else TINY_3D
+    proc = run_cli([*base, *args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, cache_dir)
+    assert proc.returncode != 0
+    assert expected in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

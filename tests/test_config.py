@@ -1,0 +1,49 @@
+"""Config contracts: every Trainer argument settable, every group option composes, configs found."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose
+
+
+def test_every_trainer_argument_is_in_the_trainer_config():
+    from lightning.pytorch import Trainer
+
+    cfg = OmegaConf.load(ROOT / "configs" / "trainer" / "default.yaml")
+    args = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+    missing = [a for a in args if a not in cfg]
+    assert not missing, f"add these Trainer arguments to configs/trainer/default.yaml: {missing}"
+
+
+@pytest.mark.parametrize(
+    "group", ["data", "model", "loss", "optim", "trainer", "logger", "callbacks"]
+)
+def test_every_option_of_each_group_composes(group):
+    options = sorted(p.stem for p in (ROOT / "configs" / group).glob("*.yaml"))
+    assert options
+    for option in options:
+        cfg = compose([f"{group}={option}"])
+        assert group in cfg
+
+
+def test_trainer_override_without_plus():
+    cfg = compose(["trainer.gradient_clip_val=0.5", "trainer.devices=4", "trainer.detect_anomaly=true"])
+    assert cfg.trainer.gradient_clip_val == 0.5 and cfg.trainer.devices == 4 and cfg.trainer.detect_anomaly
+
+
+def test_config_dir_points_at_the_shipped_configs():
+    from segtrain.cli import config_dir
+
+    assert (Path(config_dir()) / "train.yaml").is_file()
+
+
+def test_loss_configs_build(tmp_path):
+    from segtrain.train import build_loss_from_config
+
+    for path in sorted((ROOT / "configs" / "loss").glob("*.yaml")):
+        cfg = compose([f"loss={path.stem}"])
+        assert cfg.loss.name == path.stem
+        build_loss_from_config(cfg.loss)
