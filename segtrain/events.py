@@ -1,4 +1,5 @@
-"""Read a run's TensorBoard event files back: scalars by tag, and the hyper-parameters logged."""
+"""Read a run's TensorBoard event files back: scalars by tag, hyper-parameters, and run summaries
+(best/final metrics, epochs, wall time) for the HParams tab and ``segtrain-compare``."""
 
 from __future__ import annotations
 
@@ -52,3 +53,133 @@ def read_hparams(run_dir: str | Path) -> dict[str, object]:
                     kind = value.WhichOneof("kind")
                     params[key] = getattr(value, kind) if kind else None
     return params
+
+
+# -- run summaries: best and final metrics (HParams tab, segtrain-compare) -------------------------
+
+RUN_METRICS = ("val/dice", "val/iou", "val/loss")  # best: max of Dice and IoU, min of the loss
+
+
+def lower_is_better(tag: str) -> bool:
+    return tag.split("/")[-1].startswith("loss")
+
+
+def hparam_metric_names() -> list[str]:
+    """The HParams tab's metrics: ``hp/best_val_dice``, ``hp/final_val_dice``, ... for every ``RUN_METRICS`` tag."""
+    return [f"hp/{kind}_{tag.replace('/', '_')}" for tag in RUN_METRICS for kind in ("best", "final")]
+
+
+def best_and_final(series: dict[str, list[Scalar]], tag: str) -> tuple[float, float]:
+    """(best, final) of one tag's finite values; NaN for both when it has none."""
+    import math
+
+    values = [s.value for s in series.get(tag, []) if math.isfinite(s.value)]
+    if not values:
+        return math.nan, math.nan
+    return (min(values) if lower_is_better(tag) else max(values)), values[-1]
+
+
+def hparam_metrics(log_dir: str | Path | None, final: dict[str, float], best_val_dice: float) -> dict[str, float]:
+    """Values for ``hparam_metric_names()`` at the end of a run.
+
+    Best values are read back from the run's event files under ``log_dir`` (every logged epoch);
+    finals come from ``final`` (the module's last epoch), falling back to the event files. The
+    checkpoint's best score ``best_val_dice`` wins for Dice when it is finite.
+    """
+    import math
+
+    series: dict[str, list[Scalar]] = {}
+    if log_dir and Path(log_dir).is_dir():
+        try:
+            series = read_scalars(log_dir)
+        except Exception:  # noqa: BLE001 - a summary must never fail the run
+            series = {}
+    out: dict[str, float] = {}
+    for tag in RUN_METRICS:
+        best, last = best_and_final(series, tag)
+        last = final.get(tag, last)
+        name = tag.replace("/", "_")
+        out[f"hp/best_{name}"] = best if math.isfinite(best) else last
+        out[f"hp/final_{name}"] = last
+    if math.isfinite(best_val_dice):
+        out["hp/best_val_dice"] = best_val_dice
+    return out
+
+
+@dataclass
+class RunSummary:
+    """One run's row in ``segtrain-compare``: best and final metrics, epochs, wall time."""
+
+    name: str
+    path: Path
+    best: dict[str, float]
+    final: dict[str, float]
+    epochs: int
+    wall_time: float  # seconds between the first and the last event
+    curves: dict[str, list[tuple[float, float]]]  # tag -> [(epoch, value)] for plots
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories under ``paths``: a path with event files below it is a run, or holds runs.
+
+    A run directory is the nearest ancestor of an event file that holds ``.hydra/`` (segtrain's
+    run directory); without one, the folder of the event files (its parent for ``tensorboard/``).
+    A multirun sweep directory therefore gives one run per job.
+    """
+    runs: list[Path] = []
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"{root}: no such file or directory")
+        for event in event_files(root):
+            run = None
+            for parent in [event.parent, *event.parent.parents]:
+                if (parent / ".hydra").is_dir():
+                    run = parent
+                    break
+                if parent == root:
+                    break
+            if run is None:
+                run = event.parent.parent if event.parent.name == "tensorboard" else event.parent
+            resolved = run.resolve()
+            if resolved not in runs:
+                runs.append(resolved)
+    return runs
+
+
+def run_overrides(run_dir: str | Path) -> list[str] | None:
+    """The command-line overrides of a segtrain run (``.hydra/overrides.yaml``), or None."""
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        values = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # noqa: BLE001 - an unreadable file only costs the run its nice name
+        return None
+    return [str(v) for v in values] if isinstance(values, list) else None
+
+
+def summarise_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
+    """Best/final ``RUN_METRICS``, epoch count, wall time and the epoch curves of one run."""
+    import math
+
+    run_dir = Path(run_dir)
+    series = read_scalars(run_dir)
+    best, final = {}, {}
+    for tag in RUN_METRICS:
+        best[tag], final[tag] = best_and_final(series, tag)
+    # Lightning logs the epoch at every step it logs anything: map steps to epochs.
+    epoch_at = {s.step: s.value for s in series.get("epoch", [])}
+    curves = {}
+    for tag in RUN_METRICS:
+        points = series.get(tag, [])
+        curves[tag] = [(epoch_at.get(p.step, float(i)), p.value) for i, p in enumerate(points) if math.isfinite(p.value)]
+    if epoch_at:
+        epochs = int(max(epoch_at.values())) + 1
+    else:
+        epochs = len(series.get("val/dice", []))
+    times = [s.wall_time for values in series.values() for s in values]
+    wall = (max(times) - min(times)) if times else math.nan
+    return RunSummary(name or run_dir.name, run_dir, best, final, epochs, wall, curves)

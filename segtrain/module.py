@@ -36,10 +36,13 @@ class SegmentationModule(LightningModule):
         scheduler_interval: str = "step",
         inference: dict | None = None,
         hparams: dict | None = None,
+        run_config: dict | None = None,
     ):
         super().__init__()
         self.net = net
         self.loss = DeepSupervisionLoss(loss)
+        if hasattr(loss, "set_num_classes"):  # per-class label maps (boundary's) get one channel per class
+            loss.set_num_classes(num_classes)
         self.num_classes = num_classes
         self.class_names = list(class_names)
         self.optimizer_factory = optimizer
@@ -54,6 +57,9 @@ class SegmentationModule(LightningModule):
         self._header_printed = False
         # Flat run parameters for the HParams tab (saved in checkpoints too).
         self.save_hyperparameters({"run": hparams or {}})
+        # The composed config and data spec travel in every checkpoint, so that `segtrain-predict`
+        # rebuilds the exact network and preprocessing from the checkpoint alone.
+        self.run_config = run_config or {}
         self.best_val_dice = float("nan")
         self.last_epoch_metrics: dict[str, float] = {}
 
@@ -144,6 +150,9 @@ class SegmentationModule(LightningModule):
             if not (dice <= self.best_val_dice):  # also replaces the initial NaN
                 self.best_val_dice = dice
             self.last_epoch_metrics.update({k: float(v) for k, v in metrics.items()})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["segtrain"] = self.run_config
 
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -16,16 +16,21 @@ log = logging.getLogger("segtrain")
 
 
 def flat_params(cfg: DictConfig) -> dict[str, Any]:
-    """The run's parameters as flat ``group.key`` → scalar, for the HParams tab."""
+    """The run's parameters as flat ``group.key`` → scalar, for the HParams tab.
+
+    Every loss, model, optim, data (synthetic generator included) and inference parameter, the
+    trainer settings that change results, and the seed; lists become strings, ``None`` "null".
+    """
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    container = {k: resolved[k] for k in ("loss", "model", "optim", "data") if k in resolved}
-    container["trainer"] = {k: resolved["trainer"].get(k) for k in ("precision", "devices", "max_epochs", "accumulate_grad_batches")}
+    container = {k: resolved[k] for k in ("loss", "model", "optim", "data", "inference") if k in resolved}
+    trainer_keys = ("precision", "devices", "max_epochs", "accumulate_grad_batches", "gradient_clip_val")
+    container["trainer"] = {k: resolved["trainer"].get(k) for k in trainer_keys}
     out: dict[str, Any] = {"seed": cfg.get("seed")}
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key in ("_partial_", "cache_dir", "synthetic"):
+                if key in ("_partial_", "cache_dir"):
                     continue
                 walk(f"{prefix}.{key}" if prefix else str(key), value)
         else:
@@ -82,6 +87,10 @@ def build_module(cfg: DictConfig, spec, loss):
         scheduler_interval=interval,
         inference=inference,
         hparams=flat_params(cfg),
+        run_config={
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "spec": spec.to_dict(),
+        },
     )
 
 
@@ -105,6 +114,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # Lightning attaches its own console handler; Hydra's handlers (console + run log file) suffice.
     logging.getLogger("lightning").handlers.clear()
+    # ...and drops its advertising "💡 Tip" line, which tells a segtrain user nothing actionable.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: not str(record.msg).startswith("💡"))
 
     from segtrain.data import build_datamodule
 
@@ -117,8 +128,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data = build_datamodule(cfg.data, output_dir, label_maps=getattr(loss, "label_maps", {}))  # preflight: every case validated before training
     module = build_module(cfg, data.spec, loss)
     trainer = build_trainer(cfg)
+    from segtrain.events import hparam_metric_names  # HParams: every parameter, best and final val/dice, val/iou, val/loss
+
     for logger in trainer.loggers:
-        logger.log_hyperparams(flat_params(cfg), metrics={"hp/best_val_dice": float("nan"), "hp/final_val_dice": float("nan")})
+        logger.log_hyperparams(flat_params(cfg), metrics={name: float("nan") for name in hparam_metric_names()})
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return summarise(trainer, module, output_dir, time.perf_counter() - started)
 
@@ -132,8 +145,13 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
     if checkpoint is not None and checkpoint.best_model_score is not None:
         best = float(checkpoint.best_model_score)
     metrics = {**final, "best/val_dice": best, "epochs": trainer.current_epoch, "seconds": seconds}
+    from segtrain.events import hparam_metrics
+
     for logger in trainer.loggers:
-        logger.log_metrics({"hp/best_val_dice": best, "hp/final_val_dice": final.get("val/dice", math.nan)}, step=trainer.global_step)
+        logger.save()  # flush: the best values are read back from this run's event files
+        if trainer.is_global_zero:
+            hp = hparam_metrics(getattr(logger, "log_dir", None), final, best)  # HParams tab: best and final metrics
+            logger.log_metrics(hp, step=trainer.global_step)
         logger.save()
     if trainer.is_global_zero:
         lines = [

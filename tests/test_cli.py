@@ -108,7 +108,7 @@ def test_multirun_sweeps_losses(tmp_path, cache_dir):
     "args, expected",
     [
         (["loss=nope"], "Could not find 'loss/nope'"),
-        (["loss.name=nope"], "unknown loss 'nope'; available losses: ce, dice"),
+        (["loss.name=nope"], "unknown loss 'nope'; available losses: balanced_ce, boundary, ce, combo"),
         (["loss=tversky", "loss.alpha=1.5"], "alpha=1.5 is out of range"),
         (["data=nifti", "data.root=/does/not/exist", "data.patch_size=[16,16,16]"], "data.root=/does/not/exist does not exist"),
         (["data=nifti", "data.patch_size=[16,16,16]"], "data.root is not set"),

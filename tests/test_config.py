@@ -47,3 +47,18 @@ def test_loss_configs_build(tmp_path):
         cfg = compose([f"loss={path.stem}"])
         assert cfg.loss.name == path.stem
         build_loss_from_config(cfg.loss)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_experiments_compose(experiment):
+    cfg = compose([f"experiment={experiment}"])
+    assert cfg.loss.name in ("tversky", "dice_ce")
+
+
+def test_loss_sweep_names_registered_losses():
+    from segtrain.losses import available_losses
+
+    cfg = OmegaConf.load(ROOT / "configs" / "hparams_search" / "loss_sweep.yaml")
+    for name in cfg.hydra.sweeper.params.loss.split(","):
+        assert name in available_losses()
+        assert (ROOT / "configs" / "loss" / f"{name}.yaml").is_file()

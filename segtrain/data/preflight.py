@@ -1,14 +1,30 @@
-"""Preflight: read every image/label pair once and validate it before any training step.
+"""Preflight: validate every image/label pair before any training step, and describe the dataset.
 
-Checks: files exist and are readable, image and label agree in shape and geometry, labels are
-integral and within ``[0, num_classes)``, intensities are finite, the dataset is not empty.
-Every failure is a ``DataError`` naming the file, what is wrong and how to fix it.
-Also gathers the dataset report: shapes, spacings and the foreground fraction of each class.
+Two passes over the cases, each in a thread pool:
+
+1. headers only (fast): files readable, image and label on the same voxel grid (shape) and in the
+   same space (affine, within ``geometry_tolerance`` voxels at the far corner), channel counts;
+2. voxels: labels integral and within ``[0, num_classes)`` (after ``label_mapping``), intensities
+   finite; gathers voxel counts per class and a fixed-size sample of foreground intensities per
+   case (nnU-Net's recipe for the ``ct`` normalisation statistics).
+
+Every failure is a ``DataError``: one line naming the file, what is wrong and how to fix it.
+Results are cached per dataset in ``<cache_dir>/preflight/`` and keyed by each case's file paths,
+sizes and modification times, so a second run (or another DDP rank) re-reads only changed cases.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import json
+import logging
+import os
+import tempfile
+import time
+import zlib
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,7 +32,15 @@ import numpy as np
 
 from segtrain.errors import DataError
 
+log = logging.getLogger(__name__)
 
+PREFLIGHT_VERSION = 2          # bump when the checks or the cached fields change
+INTENSITY_SAMPLES_PER_CASE = 2000  # foreground voxels sampled per case and channel (with replacement)
+CHUNK = 1 << 22                # voxels per chunk: bounds the temporary memory of the checks
+TINY_FOREGROUND = 0.01         # below this share of voxels, the report suggests imbalance-aware losses
+
+
+# -- report ----------------------------------------------------------------------------------------
 @dataclass
 class CaseInfo:
     id: str
@@ -24,6 +48,9 @@ class CaseInfo:
     spacing: list[float]
     channels: int
     class_voxels: dict[int, int]
+    axcodes: str = ""
+    dtype: str = ""
+    intensity_range: list[list[float]] = field(default_factory=list)  # per channel [min, max]
 
 
 @dataclass
@@ -35,133 +62,542 @@ class DatasetReport:
     class_names: list[str]
     channel_names: list[str]
     cases: list[CaseInfo] = field(default_factory=list)
+    intensity: list[dict] = field(default_factory=list)  # per channel: foreground statistics (see ``intensity_statistics``)
+    notes: list[str] = field(default_factory=list)       # hints added by the data module (configuration-dependent)
 
     def foreground_fraction(self) -> dict[str, float]:
+        """Share of all voxels of the dataset that belong to each foreground class."""
         total = sum(int(np.prod(c.shape)) for c in self.cases)
-        out = {}
-        for index, name in enumerate(self.class_names):
-            if index == 0:
-                continue
-            voxels = sum(c.class_voxels.get(index, 0) for c in self.cases)
-            out[name] = voxels / max(total, 1)
-        return out
+        return {name: sum(c.class_voxels.get(index, 0) for c in self.cases) / max(total, 1)
+                for index, name in enumerate(self.class_names) if index > 0}
+
+    def cases_with_class(self) -> dict[str, int]:
+        return {name: sum(1 for c in self.cases if c.class_voxels.get(index, 0) > 0)
+                for index, name in enumerate(self.class_names) if index > 0}
+
+    def median_spacing(self) -> list[float]:
+        return np.median(np.array([c.spacing for c in self.cases]), 0).tolist()
 
     def summary(self) -> str:
         shapes = np.array([c.shape for c in self.cases])
         spacings = np.array([c.spacing for c in self.cases])
+        axcodes = sorted({c.axcodes for c in self.cases if c.axcodes})
+        dtypes = sorted({c.dtype for c in self.cases if c.dtype})
         lines = [
             f"dataset: {self.root} ({self.layout}), {self.num_cases} cases, {len(self.channel_names)} channel(s) "
-            f"{self.channel_names}, classes {self.class_names}",
+            f"{self.channel_names}, {self.num_classes} classes {self.class_names}",
             f"  shape: min {shapes.min(0).tolist()} median {np.median(shapes, 0).astype(int).tolist()} max {shapes.max(0).tolist()}",
-            f"  spacing: median {np.round(np.median(spacings, 0), 3).tolist()}",
+            f"  spacing: min {np.round(spacings.min(0), 3).tolist()} median {np.round(np.median(spacings, 0), 3).tolist()} "
+            f"max {np.round(spacings.max(0), 3).tolist()}"
+            + (f"; orientation {', '.join(axcodes)}" if axcodes else "") + (f"; dtype {', '.join(dtypes)}" if dtypes else ""),
         ]
+        for stats in self.intensity:
+            if stats.get("foreground_voxels_sampled"):
+                lines.append(
+                    f"  intensity {stats['channel']}: range [{stats['min']:.4g}, {stats['max']:.4g}], foreground mean "
+                    f"{stats['mean']:.4g} std {stats['std']:.4g}, 0.5-99.5% [{stats['percentile_00_5']:.4g}, {stats['percentile_99_5']:.4g}]"
+                )
+        fractions, present = self.foreground_fraction(), self.cases_with_class()
         empty = sum(1 for c in self.cases if not any(v for k, v in c.class_voxels.items() if k > 0))
-        fractions = self.foreground_fraction()
         lines.append(
             "  foreground fraction: "
-            + ", ".join(f"{name} {100 * f:.3f}%" for name, f in fractions.items())
+            + ", ".join(f"{name} {100 * f:.4f}% (in {present[name]} cases)" for name, f in fractions.items())
             + f"; {empty} case(s) without foreground"
         )
-        if fractions and min(fractions.values()) < 0.01:
+        if fractions and min(fractions.values()) < TINY_FOREGROUND:
+            tiny = [n for n, f in fractions.items() if f < TINY_FOREGROUND]
             lines.append(
-                "  hint: tiny foreground (<1%): prefer region or compound losses (loss=dice_ce, tversky with "
-                "loss.alpha=0.3, focal_tversky) and foreground oversampling (data.pos_fraction)"
+                f"  hint: tiny foreground (<{100 * TINY_FOREGROUND:g}% of voxels: {', '.join(tiny)}): prefer region or "
+                "compound losses (loss=dice_ce, loss=tversky loss.alpha=0.3, focal_tversky) over plain cross-entropy, "
+                "and keep foreground oversampling on (data.pos_fraction, data.sampling=class_balanced for several classes)"
             )
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["foreground_fraction"] = self.foreground_fraction()
+        data["cases_with_class"] = self.cases_with_class()
+        return data
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        data = asdict(self)
-        data["foreground_fraction"] = self.foreground_fraction()
-        (directory / "dataset_report.json").write_text(json.dumps(data, indent=2))
+        (directory / "dataset_report.json").write_text(json.dumps(self.to_dict(), indent=2))
         (directory / "dataset_report.txt").write_text(self.summary() + "\n")
 
 
-def _load(path: str):
-    """Read one file with MONAI's readers → (array with spatial dims, affine or None, spacing)."""
-    from monai.transforms import LoadImage
+# -- reading headers and voxels ----------------------------------------------------------------
+@dataclass
+class _Header:
+    path: str
+    shape: tuple[int, ...]         # spatial, in the axis order MONAI loads
+    channels: int
+    affine: np.ndarray | None      # 4x4 RAS (as MONAI's readers give it), None for 2D images
+    dtype: str
 
-    p = Path(path)
-    if not p.is_file():
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0][:200] if text else "") or type(err).__name__
+
+
+def _unreadable(path: str, err: Exception) -> DataError:
+    return DataError(f"{path}: cannot be read ({_first_line(err)}); the file is corrupt, truncated or not an image: "
+                     "re-export or re-download it, or remove the case")
+
+
+def _kind(path: str) -> str:
+    name = path.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "nrrd"
+    if name.endswith((".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")):
+        return "image2d"
+    return "other"
+
+
+def _nrrd_affine(header: dict, path: str) -> np.ndarray:
+    """As MONAI's NrrdReader: columns = space directions, LPS (or unspecified space) switched to RAS."""
+    if "space directions" not in header or "space origin" not in header:
+        raise DataError(f"{path}: the NRRD header lacks 'space directions' or 'space origin' (no geometry); "
+                        "save the volume with its geometry (e.g. from 3D Slicer) or convert it to NIfTI")
+    direction = np.asarray(header["space directions"], dtype=float)
+    affine = np.eye(4)
+    affine[:3, :3] = direction.T
+    affine[:3, 3] = np.asarray(header["space origin"], dtype=float)
+    if header.get("space", "left-posterior-superior") == "left-posterior-superior":
+        affine[:2] *= -1
+    return affine
+
+
+def read_header(path: str, spatial_dims: int) -> _Header:
+    """Shape, channels and geometry of one file, reading as little of it as the format allows."""
+    if not Path(path).is_file():
         raise DataError(f"{path}: file not found; add it or remove the case from the dataset")
+    kind = _kind(path)
     try:
-        image = LoadImage(image_only=True)(str(p))
-    except Exception as err:  # noqa: BLE001 - any reader failure is a corrupt/unreadable file for the user
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise DataError(f"{path}: cannot be read ({reason}); the file is corrupt, truncated or not an image") from None
-    array = np.asarray(image)
-    affine = np.asarray(image.affine) if hasattr(image, "affine") else None
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0)).tolist() if affine is not None and affine.shape[0] >= 4 else [1.0]
-    return array, affine, spacing
+        if kind == "nifti":
+            import nibabel as nib
+
+            image = nib.load(path)
+            shape, affine, dtype = tuple(int(s) for s in image.shape), np.asarray(image.affine, float), str(image.get_data_dtype())
+        elif kind == "nrrd":
+            import nrrd
+
+            header = nrrd.read_header(path)
+            shape, dtype = tuple(int(s) for s in header["sizes"]), str(header.get("type", ""))
+            if len(shape) != 3:
+                raise DataError(f"{path}: NRRD with {len(shape)} axes {list(shape)}; only 3D scalar volumes are read: "
+                                "save one file per channel (nnU-Net: CASE_0000.nrrd, CASE_0001.nrrd)")
+            affine = _nrrd_affine(header, path)
+        elif kind == "image2d":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                width, height = image.size
+                mode = image.mode
+            bands = {"RGB": 3, "RGBA": 4, "LA": 2, "CMYK": 4, "YCbCr": 3, "HSV": 3, "LAB": 3}
+            return _Header(path, (width, height), bands.get(mode, 1), None, mode)
+        else:
+            from monai.transforms import LoadImage
+
+            loaded = LoadImage(image_only=True)(path)
+            shape, affine, dtype = tuple(loaded.shape), np.asarray(loaded.affine, float), str(loaded.dtype)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable file for the user
+        raise _unreadable(path, err) from None
+    if spatial_dims == 3 and len(shape) == 3:
+        return _Header(path, shape, 1, affine, dtype)
+    if spatial_dims == 3 and len(shape) == 4:  # MSD-style 4D NIfTI: channels last
+        return _Header(path, shape[:3], shape[3], affine, dtype)
+    raise DataError(f"{path}: a volume with {len(shape)} dimensions {list(shape)}; expected 3D (or 4D with channels last)")
 
 
-def check_case(case: dict, spatial_dims: int, num_classes: int | None, label_mapping: dict | None = None,
-               atol: float = 1e-3) -> CaseInfo:
-    """Validate one case and return its report row."""
-    label, label_affine, _ = _load(case["label"])
-    if label.ndim == spatial_dims + 1 and spatial_dims == 2:
-        raise DataError(
-            f"{case['label']}: label has {label.shape[-1]} colour channels; save masks as single-channel PNGs "
-            "whose pixel values are class indices"
-        )
-    spatial_shape = label.shape[:spatial_dims]
-    channels = 0
+def read_voxels(path: str) -> tuple[np.ndarray, float, float]:
+    """Raw voxels (spatial axes first, in MONAI's order; channels last) and the (slope, intercept) to apply."""
+    kind = _kind(path)
+    try:
+        if kind == "nifti":
+            import nibabel as nib
+
+            proxy = nib.load(path).dataobj
+            raw = np.asarray(proxy.get_unscaled())
+            slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+            return raw, float(1.0 if slope is None else slope), float(0.0 if inter is None else inter)
+        if kind == "nrrd":
+            import nrrd
+
+            return nrrd.read(path, index_order="F")[0], 1.0, 0.0
+        if kind == "image2d":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                array = np.asarray(image)
+            if array.dtype == bool:  # 1-bit images
+                array = array.astype(np.uint8)
+            return np.swapaxes(array, 0, 1), 1.0, 0.0  # MONAI's PILReader: (width, height[, bands])
+        from monai.transforms import LoadImage
+
+        return np.asarray(LoadImage(image_only=True)(path)), 1.0, 0.0
+    except Exception as err:  # noqa: BLE001
+        raise _unreadable(path, err) from None
+
+
+def _chunks(array: np.ndarray):
+    flat = array.reshape(-1, order="A")  # a view for C- or F-contiguous arrays
+    for start in range(0, flat.size, CHUNK):
+        yield start, flat[start:start + CHUNK]
+
+
+def _max_displacement(a: np.ndarray, b: np.ndarray, shape) -> float:
+    """Largest distance (mm) between where two affines put the same voxel, over the corners of the grid."""
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(len(shape), -1)
+    homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
+    return float(np.linalg.norm((a - b)[:3] @ homogeneous, axis=0).max())
+
+
+def _spacing(affine: np.ndarray | None, spatial_dims: int) -> list[float]:
+    if affine is None:
+        return [1.0] * spatial_dims
+    return np.sqrt((affine[:3, :3] ** 2).sum(0)).tolist()[:spatial_dims]
+
+
+@dataclass
+class CheckSettings:
+    spatial_dims: int
+    num_classes: int | None
+    label_mapping: dict[int, int] | None = None
+    geometry_tolerance: float = 0.05  # voxels
+
+    def key(self) -> dict:
+        mapping = sorted(self.label_mapping.items()) if self.label_mapping else None
+        return {"spatial_dims": self.spatial_dims, "num_classes": self.num_classes, "label_mapping": mapping,
+                "geometry_tolerance": self.geometry_tolerance, "version": PREFLIGHT_VERSION}
+
+
+def check_headers(case: dict, settings: CheckSettings) -> tuple[_Header, list[_Header]]:
+    """Pass 1: readable headers, matching shapes and geometry, a single-channel label."""
+    label = read_header(case["label"], settings.spatial_dims)
+    if label.channels != 1:
+        what = "colour channels" if settings.spatial_dims == 2 else "channels"
+        raise DataError(f"{case['label']}: label has {label.channels} {what}; save labels as single-channel files whose "
+                        "values are class indices (0, 1, 2, ...)")
+    images = []
     for path in case["image"]:
-        image, affine, spacing = _load(path)
-        image_spatial = image.shape[:spatial_dims]
-        if tuple(image_spatial) != tuple(spatial_shape):
+        image = read_header(path, settings.spatial_dims)
+        if image.shape != label.shape:
             raise DataError(
-                f"{path}: image shape {list(image_spatial)} differs from label {case['label']} shape {list(spatial_shape)}; "
-                "image and label must cover the same voxel grid (resample the label onto the image)"
+                f"{path}: image shape {list(image.shape)} differs from its label {case['label']} shape {list(label.shape)}; "
+                "image and label must cover the same voxel grid: resample the label onto the image (nearest-neighbour)"
             )
-        if spatial_dims == 3 and affine is not None and label_affine is not None and not np.allclose(affine, label_affine, atol=atol):
-            raise DataError(
-                f"{path}: image geometry (affine) differs from its label {case['label']}; resample or copy the "
-                "image header onto the label so both describe the same space"
-            )
-        if not np.issubdtype(image.dtype, np.integer) and not np.isfinite(image).all():
-            raise DataError(f"{path}: image contains NaN or Inf intensities; fix or replace these voxels before training")
-        channels += image.shape[spatial_dims] if image.ndim > spatial_dims else 1
-    if not np.issubdtype(label.dtype, np.integer):
-        if not np.isfinite(label).all() or not np.all(label == np.round(label)):
-            raise DataError(
-                f"{case['label']}: label has non-integral values; labels must be class indices (0, 1, 2, ...), "
-                "not probabilities or interpolated masks (resample labels with nearest-neighbour)"
-            )
-    values, counts = np.unique(label.astype(np.int64), return_counts=True)
-    if label_mapping:
-        mapped = {int(label_mapping.get(int(v), int(v))): 0 for v in values}
-        for v, c in zip(values, counts):
-            mapped[int(label_mapping.get(int(v), int(v)))] += int(c)
-        values, counts = np.array(list(mapped)), np.array(list(mapped.values()))
-    if num_classes is not None and (values.min() < 0 or values.max() >= num_classes):
-        found = sorted(int(v) for v in values)
-        hint = (
-            " It looks like a 0/255 mask: map it with data.label_mapping='{255: 1}'."
-            if 255 in found and len(found) <= 2 else
-            " Fix the label file, or declare every class in dataset.json 'labels'."
-        )
-        raise DataError(
-            f"{case['label']}: label values {found[:10]} fall outside [0, {num_classes - 1}] "
-            f"for {num_classes} classes.{hint}"
-        )
-    return CaseInfo(case["id"], list(map(int, spatial_shape)), [float(s) for s in spacing][:spatial_dims], channels,
-                    {int(v): int(c) for v, c in zip(values, counts)})
+        if image.affine is not None and label.affine is not None:
+            spacing = min(_spacing(image.affine, 3))
+            shift = _max_displacement(image.affine, label.affine, image.shape)
+            if shift > settings.geometry_tolerance * spacing:
+                raise DataError(
+                    f"{path}: image geometry (affine) differs from its label {case['label']} by up to {shift:.3g} mm "
+                    f"({shift / spacing:.2g} voxels); resample the label onto the image or copy the image header onto it "
+                    f"if the voxels already match (tolerance: data.geometry_tolerance={settings.geometry_tolerance} voxels)"
+                )
+        images.append(image)
+    return label, images
 
 
-def run_preflight(listing, spatial_dims: int, num_classes: int | None, label_mapping: dict | None = None) -> DatasetReport:
-    """Check every case of ``listing`` (see ``layouts.list_cases``); return the dataset report."""
-    infos = [check_case(case, spatial_dims, num_classes, label_mapping) for case in listing.cases]
+def _label_counts(path: str, raw: np.ndarray, settings: CheckSettings) -> dict[int, int]:
+    """Voxels per label value (after ``label_mapping``), checking the values are integral and in range."""
+    counts: dict[int, int] = {}
+    floating = not np.issubdtype(raw.dtype, np.integer)
+    for _, chunk in _chunks(raw):
+        if floating:
+            if not np.isfinite(chunk).all() or not np.array_equal(chunk, np.round(chunk)):
+                bad = np.unique(chunk[~np.isfinite(chunk) | (chunk != np.round(chunk))])[:3]
+                raise DataError(
+                    f"{path}: label has non-integral values (e.g. {', '.join(f'{v:.4g}' for v in bad)}); labels must be "
+                    "class indices (0, 1, 2, ...), not probabilities or interpolated masks: threshold or round them, "
+                    "and resample labels with nearest-neighbour"
+                )
+        low, high = chunk.min(), chunk.max()
+        if low < 0 or high > 65535:
+            values, numbers = np.unique(chunk.astype(np.int64), return_counts=True)
+        else:
+            numbers = np.bincount(chunk.astype(np.uint16 if floating or high > 255 else np.uint8, copy=False).ravel())
+            values = np.nonzero(numbers)[0]
+            numbers = numbers[values]
+        for v, n in zip(values.tolist(), numbers.tolist()):
+            counts[int(v)] = counts.get(int(v), 0) + int(n)
+    if settings.label_mapping:
+        mapped: dict[int, int] = {}
+        for v, n in counts.items():
+            target = settings.label_mapping.get(v, v)
+            mapped[target] = mapped.get(target, 0) + n
+        counts = mapped
+    num_classes = settings.num_classes
+    found = sorted(counts)
+    if found[0] < 0 or (num_classes is not None and found[-1] >= num_classes):
+        bound = f"[0, {num_classes - 1}] for {num_classes} classes" if num_classes else "[0, ...)"
+        if set(found) <= {0, 255} or set(found) <= {0, 1, 255}:
+            hint = "it looks like a 0/255 mask: map it with data.label_mapping='{255: 1}'"
+        else:
+            hint = ("fix the label file, declare every class in dataset.json 'labels' (or set data.num_classes), "
+                    "or remap values with data.label_mapping='{OLD: NEW}'")
+        shown = ", ".join(map(str, found[:10])) + (", ..." if len(found) > 10 else "")
+        raise DataError(f"{path}: label values [{shown}] fall outside {bound}; {hint}")
+    return dict(sorted(counts.items()))
+
+
+def _foreground_coordinates(raw: np.ndarray, settings: CheckSettings, counts: dict[int, int],
+                            rng: np.random.RandomState, samples: int) -> tuple[np.ndarray, ...] | None:
+    """``samples`` foreground voxel coordinates drawn uniformly with replacement (None: no foreground)."""
+    mapping = settings.label_mapping or {}
+    foreground_total = sum(n for v, n in counts.items() if v > 0)
+    if foreground_total == 0:
+        return None
+    ranks = np.sort(rng.randint(0, foreground_total, size=samples))
+    background_raw = [v for v, target in mapping.items() if target == 0 and v != 0]
+    flat_indices, seen = [], 0
+    for start, chunk in _chunks(raw):
+        mask = chunk != 0
+        for value in background_raw:  # raw values that the mapping sends to background
+            mask &= chunk != value
+        positions = np.flatnonzero(mask)
+        lo, hi = np.searchsorted(ranks, [seen, seen + positions.size])
+        flat_indices.append(start + positions[ranks[lo:hi] - seen])
+        seen += positions.size
+    flat = np.concatenate(flat_indices)
+    return np.unravel_index(flat, raw.shape, order="F" if raw.flags.f_contiguous and not raw.flags.c_contiguous else "C")
+
+
+def check_voxels(case: dict, headers: tuple[_Header, list[_Header]], settings: CheckSettings) -> tuple[CaseInfo, list[np.ndarray]]:
+    """Pass 2: label values, finite intensities, class counts and foreground intensity samples."""
+    label_header, image_headers = headers
+    raw_label, _, _ = read_voxels(case["label"])
+    if raw_label.ndim == settings.spatial_dims + 1 and raw_label.shape[-1] == 1:
+        raw_label = raw_label[..., 0]
+    counts = _label_counts(case["label"], raw_label, settings)
+    rng = np.random.RandomState(zlib.crc32(case["id"].encode()))
+    coordinates = _foreground_coordinates(raw_label, settings, counts, rng, INTENSITY_SAMPLES_PER_CASE)
+    del raw_label
+    samples, ranges, dtypes = [], [], set()
+    for header in image_headers:
+        raw, slope, inter = read_voxels(header.path)
+        dtypes.add(str(raw.dtype))
+        if raw.ndim == settings.spatial_dims:
+            raw = raw[..., None]
+        if not np.isfinite([slope, inter]).all():
+            raise DataError(f"{header.path}: the header's intensity scaling (scl_slope {slope}, scl_inter {inter}) is not "
+                            "finite; fix the header")
+        for channel in range(raw.shape[-1]):
+            data = raw[..., channel]
+            low, high = np.inf, -np.inf
+            for _, chunk in _chunks(data):
+                if not np.issubdtype(chunk.dtype, np.integer) and not np.isfinite(chunk).all():
+                    bad = int((~np.isfinite(chunk)).sum())
+                    raise DataError(f"{header.path}: image contains NaN or Inf intensities ({bad}+ voxels); replace them "
+                                    "(e.g. with the minimum intensity) before training")
+                low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+            ranges.append(sorted([low * slope + inter, high * slope + inter]))
+            values = data[coordinates].astype(np.float64) * slope + inter if coordinates is not None else np.zeros(0)
+            samples.append(values.astype(np.float32))
+    info = CaseInfo(case["id"], list(label_header.shape), _spacing(label_header.affine, settings.spatial_dims),
+                    sum(h.channels for h in image_headers), counts, _axcodes(label_header.affine),
+                    ",".join(sorted(dtypes)), ranges)
+    return info, samples
+
+
+def _axcodes(affine: np.ndarray | None) -> str:
+    if affine is None:
+        return ""
+    import nibabel as nib
+
+    return "".join(c or "?" for c in nib.aff2axcodes(affine))
+
+
+def intensity_statistics(samples_per_case: list[list[np.ndarray]], ranges: list[list[list[float]]],
+                         channel_names: list[str]) -> list[dict]:
+    """Per channel, over the foreground samples of all cases: mean, std, median, 0.5 and 99.5 percentiles."""
+    stats = []
+    for channel, name in enumerate(channel_names):
+        values = [s[channel] for s in samples_per_case if len(s) > channel and s[channel].size]
+        lows = [r[channel][0] for r in ranges if len(r) > channel]
+        highs = [r[channel][1] for r in ranges if len(r) > channel]
+        entry = {"channel": name, "min": float(min(lows)) if lows else 0.0, "max": float(max(highs)) if highs else 0.0,
+                 "foreground_voxels_sampled": int(sum(v.size for v in values))}
+        if values:
+            pooled = np.concatenate(values).astype(np.float64)
+            entry.update(mean=float(pooled.mean()), std=float(pooled.std()), median=float(np.median(pooled)),
+                         percentile_00_5=float(np.percentile(pooled, 0.5)),
+                         percentile_99_5=float(np.percentile(pooled, 99.5)))
+        stats.append(entry)
+    return stats
+
+
+# -- the preflight cache ------------------------------------------------------------------------
+def _fingerprint(case: dict) -> list:
+    out = []
+    for path in [*case["image"], case["label"]]:
+        try:
+            st = os.stat(path)
+            out.append([path, st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([path, None, None])
+    return out
+
+
+def _encode(array: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(array, np.float32).tobytes()).decode()
+
+
+def _decode(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), np.float32)
+
+
+class _PreflightCache:
+    def __init__(self, cache_dir: str | Path | None, root: str, settings: CheckSettings):
+        self.path = None
+        self.entries: dict = {}
+        if cache_dir is None:
+            return
+        key = hashlib.sha1(json.dumps({"root": str(root), **settings.key()}, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = Path(cache_dir).expanduser() / "preflight" / f"{Path(root).name}-{key}.json"
+        try:
+            self.entries = json.loads(self.path.read_text()).get("cases", {})
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def get(self, case: dict):
+        entry = self.entries.get(case["id"])
+        if entry is None or entry.get("fingerprint") != _fingerprint(case):
+            return None
+        info = entry["info"]
+        info["class_voxels"] = {int(k): v for k, v in info["class_voxels"].items()}
+        return CaseInfo(**info), [_decode(s) for s in entry["samples"]]
+
+    def put(self, case: dict, info: CaseInfo, samples: list[np.ndarray]) -> None:
+        self.entries[case["id"]] = {"fingerprint": _fingerprint(case), "info": asdict(info),
+                                    "samples": [_encode(s) for s in samples]}
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".preflight-", dir=self.path.parent)
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"version": PREFLIGHT_VERSION, "cases": self.entries}, handle)
+            os.replace(tmp, self.path)  # atomic: concurrent ranks never read half a file
+        except OSError as err:
+            log.warning("preflight: could not write the cache %s (%s)", self.path, err)
+
+
+# -- the whole pass -------------------------------------------------------------------------------
+def _guarded(function, case: dict):
+    """``function(case)``, with any unexpected failure turned into a ``DataError`` naming the case's files."""
+    try:
+        return function(case)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - an odd file (dtype, layout) must not end in a bare traceback
+        log.debug("preflight failed on case %s", case["id"], exc_info=True)
+        files = ", ".join([*case["image"], case["label"]])
+        raise DataError(f"{files}: preflight could not check case {case['id']} ({type(err).__name__}: {_first_line(err)}); "
+                        "check that these files are ordinary scalar images of the same grid, or remove the case") from None
+
+
+def _run_parallel(function, cases: list[dict], workers: int, label: str) -> list:
+    """``function(case)`` for every case in a thread pool; the first failure (in case order) is raised."""
+    function = functools.partial(_guarded, function)
+    if not cases:
+        return []
+    if workers <= 1 or len(cases) == 1:
+        return [function(case) for case in cases]
+    results: dict[int, object] = {}
+    started, last_log = time.monotonic(), time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preflight") as pool:
+        futures = {pool.submit(function, case): i for i, case in enumerate(cases)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=10, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for future in pending:
+                    future.cancel()
+                wait(pending)  # running checks finish: their failures compete for the earliest case
+                failed += [f for f in pending if not f.cancelled() and f.exception() is not None]
+                raise min(failed, key=futures.get).exception()
+            results.update({futures[f]: f.result() for f in done})
+            if time.monotonic() - last_log > 10:
+                log.info("preflight (%s): %d/%d cases checked in %.0f s", label, len(results), len(cases),
+                         time.monotonic() - started)
+                last_log = time.monotonic()
+    return [results[i] for i in range(len(cases))]
+
+
+def run_preflight(listing, spatial_dims: int, num_classes: int | None, label_mapping: dict | None = None,
+                  geometry_tolerance: float = 0.05, cache_dir: str | Path | None = None,
+                  workers: int | None = None) -> DatasetReport:
+    """Check every case of ``listing`` (see ``layouts.list_cases``); return the dataset report.
+
+    Args:
+        num_classes: classes including background; ``None`` infers the largest label value + 1.
+        label_mapping: label value → class index, applied before the range check.
+        geometry_tolerance: largest allowed image/label misplacement of a voxel, in voxels.
+        cache_dir: where per-case results are cached (``None``: no cache).
+        workers: threads reading files (``None``: up to 4, at most the CPU count).
+
+    Raises:
+        DataError: the first problem found, in case order within each pass.
+    """
+    settings = CheckSettings(spatial_dims, num_classes, label_mapping, float(geometry_tolerance))
+    workers = workers or min(4, os.cpu_count() or 1)
+    cache = _PreflightCache(cache_dir, str(listing.root), settings)
+    started = time.monotonic()
+    results: dict[str, tuple[CaseInfo, list[np.ndarray]]] = {}
+    todo = []
+    for case in listing.cases:
+        cached = cache.get(case)
+        if cached is None:
+            todo.append(case)
+        else:
+            results[case["id"]] = cached
+    headers = _run_parallel(lambda case: check_headers(case, settings), todo, workers, "headers")
+    by_id = {case["id"]: h for case, h in zip(todo, headers)}
+
+    def voxels(case):
+        result = check_voxels(case, by_id[case["id"]], settings)
+        results[case["id"]] = result
+        cache.put(case, *result)
+        return result
+
+    try:
+        _run_parallel(voxels, todo, workers, "voxels")
+    finally:
+        if todo and results:  # cases that passed are not re-read on the next run, even if another failed
+            ids = {case["id"] for case in listing.cases}
+            cache.entries = {k: v for k, v in cache.entries.items() if k in ids}
+            cache.save()
+    log.info("preflight: %d cases checked (%d from cache) in %.1f s", len(listing.cases), len(listing.cases) - len(todo),
+             time.monotonic() - started)
+    infos = [results[case["id"]][0] for case in listing.cases]
+    samples = [results[case["id"]][1] for case in listing.cases]
+
     channel_counts = {i.channels for i in infos}
     if len(channel_counts) > 1:
-        raise DataError(f"data.root={listing.root}: cases have different numbers of image channels {sorted(channel_counts)}")
+        first = {c: next(i.id for i in infos if i.channels == c) for c in sorted(channel_counts)}
+        raise DataError(
+            f"data.root={listing.root}: cases have different numbers of image channels ("
+            + ", ".join(f"{c} in case {case_id}" for c, case_id in first.items())
+            + "); convert the images so that all have the same channels (e.g. all grayscale or all RGB)"
+        )
     if num_classes is None:
         num_classes = max(2, max(max(i.class_voxels) for i in infos) + 1)
-    class_names = list(listing.class_names or [])
+    class_names = list(listing.class_names or [])[:num_classes]
     class_names += [f"class{i}" for i in range(len(class_names), num_classes)]
     channels = channel_counts.pop()
     channel_names = list(listing.channel_names or [])[:channels]
     channel_names += [f"channel{i}" for i in range(len(channel_names), channels)]
-    return DatasetReport(listing.layout, str(listing.root), len(infos), num_classes, class_names[:num_classes],
-                         channel_names, infos)
+    intensity = intensity_statistics(samples, [i.intensity_range for i in infos], channel_names)
+    return DatasetReport(listing.layout, str(listing.root), len(infos), num_classes, class_names, channel_names, infos,
+                         intensity)

@@ -1,80 +1,324 @@
-"""MONAI transform pipelines: load and normalise (cached), then foreground-biased random patches."""
+"""MONAI transform pipelines.
+
+- ``deterministic_transforms``: load, channel first, reorient (``data.orientation``), resample
+  (``data.spacing``), map label values, normalise intensities, cast. Cached per case; invertible
+  (MONAI meta is kept), so a prediction can go back to the original geometry with ``Invertd``.
+- ``inference_transforms``: the same steps for the image alone (the prediction app).
+- ``train_cached_transforms`` + ``train_random_transforms``: pad to the patch, precompute a bounded
+  sample of voxel locations per class (cached), then draw patches centred on foreground with
+  probability ``data.pos_fraction`` (``data.sampling``: ``posneg`` or ``class_balanced``) and flip.
+"""
 
 from __future__ import annotations
 
+import math
+import threading
+import zlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from monai.transforms import MapTransform, Randomizable
 from omegaconf import DictConfig
 
 from segtrain.errors import ConfigError
 
-NORMALIZATIONS = ("zscore", "minmax", "none")
+NORMALIZATIONS = ("zscore", "ct", "minmax", "none")
+SAMPLINGS = ("posneg", "class_balanced")
+LOCATIONS_KEY = "label_locations"
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-def deterministic_transforms(cfg: DictConfig, spatial_dims: int, label_mapping: dict | None = None) -> list:
-    """Load, channel-first, orientation, optional resampling, intensity normalisation, label cast."""
+def normalize_modes(value, channels: int) -> list[str]:
+    """``data.normalize`` (one mode, or one per channel) → a mode per channel."""
+    modes = [value] * channels if isinstance(value, str) or value is None else list(value)
+    modes = ["none" if m is None else str(m) for m in modes]
+    if len(modes) != channels:
+        raise ConfigError(f"data.normalize={list(modes)} gives {len(modes)} modes for {channels} image channel(s); "
+                          "give one mode, or one per channel")
+    for mode in modes:
+        if mode not in NORMALIZATIONS:
+            raise ConfigError(f"data.normalize={mode!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
+    return modes
+
+
+class NormalizeChannelsd(MapTransform):
+    """Per-channel intensity normalisation (deterministic).
+
+    - ``zscore``: subtract the case's mean, divide by its standard deviation (per channel).
+    - ``ct``: clip to the dataset's foreground 0.5-99.5 percentiles, then z-score with the dataset's
+      foreground mean and standard deviation (nnU-Net's CT normalisation).
+    - ``minmax``: the case's range mapped to [0, 1].
+    - ``none``: unchanged.
+
+    ``stats``: per channel, a dict with ``mean``, ``std``, ``percentile_00_5``, ``percentile_99_5``
+    (from the preflight report); needed for ``ct`` only.
+    """
+
+    def __init__(self, keys, modes: Sequence[str], stats: Sequence[dict] | None = None):
+        super().__init__(keys)
+        self.modes, self.stats = list(modes), list(stats or [])
+        for channel, mode in enumerate(self.modes):
+            if mode == "ct" and (channel >= len(self.stats) or "mean" not in self.stats[channel]):
+                raise ConfigError(
+                    f"data.normalize=ct needs foreground intensity statistics for channel {channel}, and the dataset "
+                    "has no foreground voxels to compute them from; use data.normalize=zscore"
+                )
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            plain = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(np.asarray(image))
+            plain = plain.float()
+            channels = []
+            for channel, mode in enumerate(self.modes):
+                x = plain[channel]
+                if mode == "zscore":
+                    x = (x - x.mean()) / x.std(unbiased=False).clamp_min(1e-8)
+                elif mode == "ct":
+                    s = self.stats[channel]
+                    x = (x.clamp(s["percentile_00_5"], s["percentile_99_5"]) - s["mean"]) / max(s["std"], 1e-8)
+                elif mode == "minmax":
+                    low, high = x.min(), x.max()
+                    x = (x - low) / (high - low).clamp_min(1e-8)
+                channels.append(x)
+            normalized = torch.stack(channels)
+            if hasattr(image, "applied_operations"):  # keep the MetaTensor (affine, applied operations)
+                from monai.data import MetaTensor
+
+                normalized = MetaTensor(normalized, meta=image.meta, applied_operations=image.applied_operations)
+            d[key] = normalized
+        return d
+
+
+class ThreadSafeLoadImaged(MapTransform):
+    """MONAI's ``LoadImaged`` with one loader per thread.
+
+    MONAI 1.6's ``NibabelReader`` keeps the file names of its last ``read`` on the instance, so two
+    of ``CacheDataset``'s caching threads sharing one loader could stack the wrong number of
+    channel files for a multi-channel case.
+    """
+
+    def __init__(self, keys, **kwargs):
+        super().__init__(keys)
+        self.kwargs = kwargs
+        self._local = threading.local()
+
+    def __call__(self, data: dict) -> dict:
+        from monai.transforms import LoadImaged
+
+        loader = getattr(self._local, "loader", None)
+        if loader is None:
+            loader = self._local.loader = LoadImaged(keys=self.keys, **self.kwargs)
+        return loader(data)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+
+def deterministic_transforms(cfg: DictConfig | None, spec, label_mapping: dict | None = None,
+                             keys: Sequence[str] = ("image", "label")) -> list:
+    """Load, channel first, reorient, resample, map labels, normalise, cast: the cached, invertible part.
+
+    ``spec``: the ``DataSpec`` (spatial dims, orientation, spacing, normalisation and its statistics).
+    ``keys``: ``("image", "label")`` for training and validation, ``("image",)`` for prediction.
+    """
     from monai import transforms as T
 
-    keys = ["image", "label"]
-    steps: list = [T.LoadImaged(keys=keys, image_only=True, ensure_channel_first=True)]
-    if spatial_dims == 3:
-        steps.append(T.Orientationd(keys=keys, axcodes=cfg.get("orientation", "RAS")))
-        if cfg.get("spacing"):
-            steps.append(T.Spacingd(keys=keys, pixdim=list(cfg.spacing), mode=("bilinear", "nearest")))
-    if label_mapping:
-        orig = [int(k) for k in label_mapping]
-        steps.append(T.MapLabelValued(keys="label", orig_labels=orig, target_labels=[int(label_mapping[k]) for k in label_mapping]))
-    mode = cfg.get("normalize", "zscore")
-    if mode == "zscore":
-        steps.append(T.NormalizeIntensityd(keys="image", channel_wise=True))
-    elif mode == "minmax":
-        steps.append(T.ScaleIntensityd(keys="image", minv=0.0, maxv=1.0, channel_wise=True))
-    elif mode != "none":
-        raise ConfigError(f"data.normalize={mode!r} is unknown; use one of {', '.join(NORMALIZATIONS)}")
-    steps += [
-        T.CastToTyped(keys="image", dtype=torch.float32),
-        T.CastToTyped(keys="label", dtype=torch.uint8),
-    ]
+    keys = list(keys)
+    has_label = "label" in keys
+    reader = "PILReader" if spec.spatial_dims == 2 else None  # PIL reads PNG, JPEG and TIFF
+    steps: list = [ThreadSafeLoadImaged(keys=keys, image_only=True, ensure_channel_first=True, reader=reader)]
+    if spec.spatial_dims == 3:
+        steps.append(T.Orientationd(keys=keys, axcodes=spec.orientation, labels=RAS_LABELS))  # axcodes in RAS terms
+        if spec.spacing:
+            modes = ["bilinear", "nearest"] if has_label else ["bilinear"]
+            steps.append(T.Spacingd(keys=keys, pixdim=list(spec.spacing), mode=modes))
+    if has_label and label_mapping:
+        steps.append(T.MapLabelValued(keys="label", orig_labels=[int(k) for k in label_mapping],
+                                      target_labels=[int(v) for v in label_mapping.values()]))
+    steps.append(NormalizeChannelsd(keys="image", modes=spec.normalize, stats=spec.intensity))
+    if has_label:
+        steps.append(T.CastToTyped(keys="label", dtype=torch.uint8 if spec.num_classes <= 256 else torch.int16))
     return steps
 
 
-def train_transforms(cfg: DictConfig, patch_size: Sequence[int], extra_keys: Sequence[str] = ()) -> list:
-    """Random part: pad to the patch, crop patches centred on foreground with ``pos_fraction``, flips.
+def inference_transforms(cfg: DictConfig | None, spec):
+    """The deterministic steps for an image alone, as a MONAI ``Compose`` (for the prediction app).
+
+    Input: ``{"image": path or [channel paths]}``. Output: the image as a channel-first float32
+    ``MetaTensor`` in the training orientation, spacing and intensity scale. Its meta keeps the
+    original affine and shape, so ``prediction_inverter(transforms)`` maps a prediction back.
+    ``cfg`` is the run's ``data`` config (unused today: everything needed is in ``spec``).
+    """
+    from monai.transforms import Compose
+
+    return Compose(deterministic_transforms(cfg, spec, keys=("image",)))
+
+
+def prediction_inverter(transforms, keys: str | Sequence[str] = "pred", nearest: bool = True):
+    """``Invertd`` that undoes ``transforms`` (orientation, resampling) on ``keys``, using the image's meta.
+
+    Usage: ``data = transforms({"image": path}); data["pred"] = MetaTensor(pred, meta=data["image"].meta,
+    applied_operations=data["image"].applied_operations)`` (or just predict on ``data["image"]`` and copy its meta);
+    then ``prediction_inverter(transforms)(data)["pred"]`` lies on the original voxel grid with the original affine.
+    """
+    from monai.transforms import Invertd
+
+    return Invertd(keys=keys, transform=transforms, orig_keys="image", nearest_interp=nearest)
+
+
+class ForegroundLocationsd(MapTransform):
+    """Cached: for each foreground class, its voxel count and a bounded random sample of its voxel coordinates.
+
+    At most ``max(max_per_class, min_coverage * count)`` coordinates per class (nnU-Net's rule), so a
+    large organ costs kilobytes, not the gigabyte a full list of background indices would.
+    """
+
+    def __init__(self, label_key: str = "label", locations_key: str = LOCATIONS_KEY, max_per_class: int = 10000,
+                 min_coverage: float = 0.01):
+        super().__init__(label_key)
+        self.label_key, self.locations_key = label_key, locations_key
+        self.max_per_class, self.min_coverage = max_per_class, min_coverage
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        label = d[self.label_key]
+        array = np.asarray((label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label))[0].cpu())
+        flat = np.flatnonzero(array)
+        values = array.reshape(-1)[flat]
+        rng = np.random.RandomState(zlib.crc32(np.asarray(array.shape).tobytes()) ^ flat.size)
+        locations = {}
+        for value in np.unique(values).tolist():
+            indices = flat[values == value]
+            count = indices.size
+            keep = min(count, max(self.max_per_class, math.ceil(count * self.min_coverage)))
+            if keep < count:
+                indices = rng.choice(indices, keep, replace=False)
+            coords = np.stack(np.unravel_index(indices, array.shape), 1).astype(np.int32)
+            locations[int(value)] = {"count": int(count), "coords": coords}
+        d[self.locations_key] = locations
+        return d
+
+
+class RandForegroundCropd(Randomizable, MapTransform):
+    """One patch per call: centred on a foreground voxel with probability ``pos_fraction``, else on background.
+
+    Foreground centres come from ``ForegroundLocationsd``: with ``sampling="posneg"`` any foreground
+    voxel is equally likely; with ``"class_balanced"`` a class present in the case is drawn uniformly
+    first, so rare classes are seen as often as common ones. Background centres are uniform over the
+    volume, redrawn (up to ``background_tries`` times) while they land on foreground. A case without
+    foreground gives a background patch. Centres near the border are moved inwards so the patch fits
+    (the volume was padded to at least the patch size). Outputs NumPy views (no meta) for ``RandFlipAxesd``.
+    """
+
+    def __init__(self, keys, label_key: str, patch_size: Sequence[int], pos_fraction: float, sampling: str = "posneg",
+                 locations_key: str = LOCATIONS_KEY, background_tries: int = 10):
+        MapTransform.__init__(self, keys)
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"data.sampling={sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}")
+        if not 0.0 <= float(pos_fraction) <= 1.0:
+            raise ConfigError(f"data.pos_fraction={pos_fraction} must lie in [0, 1] (share of patches centred on foreground)")
+        self.label_key, self.locations_key = label_key, locations_key
+        self.patch_size = [int(s) for s in patch_size]
+        self.pos_fraction, self.sampling, self.background_tries = float(pos_fraction), sampling, background_tries
+
+    def randomize(self, data=None) -> None:  # draws happen in ``_centre``
+        pass
+
+    def _centre(self, label: np.ndarray, locations: dict | None) -> list[int]:
+        spatial = label.shape[1:]
+        present = [c for c, v in sorted((locations or {}).items()) if v["count"] > 0]
+        if present and self.R.rand() < self.pos_fraction:
+            if self.sampling == "class_balanced":
+                chosen = present[self.R.randint(len(present))]
+            else:
+                counts = np.array([locations[c]["count"] for c in present], float)
+                chosen = present[self.R.choice(len(present), p=counts / counts.sum())]
+            coords = locations[chosen]["coords"]
+            return [int(v) for v in np.asarray(coords[self.R.randint(len(coords))])]
+        centre = [int(self.R.randint(s)) for s in spatial]
+        for _ in range(self.background_tries):
+            if label[(0, *centre)] == 0:
+                break
+            centre = [int(self.R.randint(s)) for s in spatial]
+        return centre
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        locations = d.pop(self.locations_key, None)
+        label = _numpy(d[self.label_key])
+        centre = self._centre(label, locations)
+        spatial = label.shape[1:]
+        starts = [max(0, min(c - p // 2, s - p)) for c, p, s in zip(centre, self.patch_size, spatial)]
+        region = (slice(None), *(slice(a, a + p) for a, p in zip(starts, self.patch_size)))
+        for key in self.key_iterator(d):
+            d[key] = _numpy(d[key])[region]  # a view: RandFlipAxesd makes the copy
+        return d
+
+
+class RandFlipAxesd(Randomizable, MapTransform):
+    """Flip each spatial axis with probability ``prob``, the same flips for every key; returns contiguous copies.
+
+    NumPy, single-threaded on purpose: in the training process, torch's intra-op threads would
+    compete with the network's for the cores (a 48^3 ``torch.flip`` took 7 ms on a busy 2-core box,
+    ``np.flip`` + copy 0.1 ms).
+    """
+
+    def __init__(self, keys, spatial_axes: Sequence[int], prob: float = 0.5):
+        MapTransform.__init__(self, keys)
+        self.spatial_axes, self.prob = list(spatial_axes), float(prob)
+
+    def randomize(self, data=None) -> None:
+        self._axes = [a + 1 for a in self.spatial_axes if self.R.rand() < self.prob]
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            value = _numpy(d[key])
+            d[key] = np.ascontiguousarray(np.flip(value, self._axes) if self._axes else value)
+        return d
+
+
+def _numpy(value) -> np.ndarray:
+    """A NumPy view of a (Meta)Tensor or array, without copying."""
+    if hasattr(value, "as_tensor"):
+        value = value.as_tensor()
+    return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+
+
+def train_cached_transforms(patch_size: Sequence[int], label_maps: dict | None = None) -> list:
+    """After the deterministic part, for training cases: pad to the patch, add label maps, sample class locations."""
+    from monai import transforms as T
+
+    steps: list = [T.SpatialPadd(keys=["image", "label"], spatial_size=list(patch_size), mode="constant")]
+    if label_maps:
+        steps.append(LabelMapsd(label_maps))
+    steps.append(ForegroundLocationsd(label_key="label"))
+    return steps
+
+
+def train_random_transforms(cfg: DictConfig, patch_size: Sequence[int], extra_keys: Sequence[str] = ()) -> list:
+    """Random part: one patch (foreground with ``data.pos_fraction``), random flips, plain tensors.
 
     ``extra_keys``: per-voxel maps (e.g. a loss's distance maps) cropped and flipped with the label.
     """
     from monai import transforms as T
 
     keys = ["image", "label", *extra_keys]
-    pos = float(cfg.pos_fraction)
-    if not 0.0 <= pos <= 1.0:
-        raise ConfigError(f"data.pos_fraction={pos} must lie in [0, 1] (share of patches centred on foreground)")
-    steps = [
-        T.SpatialPadd(keys=keys, spatial_size=list(patch_size)),
-        T.RandCropByPosNegLabeld(
-            keys=keys,
-            label_key="label",
-            spatial_size=list(patch_size),
-            pos=pos,
-            neg=1.0 - pos,
-            num_samples=1,
-            fg_indices_key="label_fg_indices",
-            bg_indices_key="label_bg_indices",
-        ),
-        T.DeleteItemsd(keys=["label_fg_indices", "label_bg_indices"]),
+    steps: list = [
+        RandForegroundCropd(keys=keys, label_key="label", patch_size=patch_size, pos_fraction=cfg.pos_fraction,
+                            sampling=cfg.get("sampling", "posneg")),
+        RandFlipAxesd(keys=keys, spatial_axes=range(len(patch_size)), prob=0.5 if cfg.get("flip", True) else 0.0),
     ]
-    for axis in range(len(patch_size)) if cfg.get("flip", True) else []:
-        steps.append(T.RandFlipd(keys=keys, prob=0.5, spatial_axis=axis))
     steps.append(T.EnsureTyped(keys=keys, track_meta=False))
     return steps
-
-
-def indices_transform():
-    """Cached foreground/background voxel indices, so that patch sampling costs nothing per step."""
-    from monai import transforms as T
-
-    return T.FgBgToIndicesd(keys="label")  # → label_fg_indices, label_bg_indices
 
 
 class LabelMapsd:
@@ -87,7 +331,6 @@ class LabelMapsd:
         self.maps = dict(maps)
 
     def __call__(self, data: dict) -> dict:
-        import numpy as np
         from monai.data import MetaTensor
 
         data = dict(data)
@@ -96,5 +339,5 @@ class LabelMapsd:
         spacing = tuple(float(s) for s in label.pixdim) if isinstance(label, MetaTensor) else (1.0,) * (array.ndim - 1)
         for name, fn in self.maps.items():
             value = torch.as_tensor(np.asarray(fn(array, spacing), dtype=np.float32))
-            data[name] = MetaTensor(value, affine=label.affine, meta=dict(label.meta)) if isinstance(label, MetaTensor) else value
+            data[name] = MetaTensor(value, meta=dict(label.meta)) if isinstance(label, MetaTensor) else value
         return data

@@ -8,6 +8,6 @@ See ``../shared/LOSSES.md`` for the contract and ``segtrain-losses`` for the lis
 from segtrain.losses.registry import available_losses, build_loss, describe_losses, register
 
 # Importing the family modules registers their losses.
-from segtrain.losses import crossentropy, overlap, compound  # noqa: E402,F401  isort: skip
+from segtrain.losses import crossentropy, overlap, compound, lovasz, boundary  # noqa: E402,F401  isort: skip
 
 __all__ = ["available_losses", "build_loss", "describe_losses", "register"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -58,10 +60,30 @@ def build_loss(name: str, **params: Any) -> nn.Module:
     return cls(**params)
 
 
-def describe_losses() -> list[dict[str, Any]]:
-    """One record per loss: name, one-line summary (first docstring line) and parameters with defaults."""
+def describe_losses(config_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """One record per loss: name, one-line summary (first docstring line), parameters with defaults.
+
+    With ``config_dir`` (the folder holding ``loss/<name>.yaml``), each record also gets ``help``:
+    parameter → the one-line comment of its line in the loss's config file.
+    """
     rows = []
     for name in available_losses():
         doc = inspect.getdoc(_REGISTRY[name]) or ""
-        rows.append({"name": name, "summary": doc.splitlines()[0] if doc else "", "params": loss_parameters(name)})
+        row = {"name": name, "summary": doc.splitlines()[0] if doc else "", "params": loss_parameters(name)}
+        if config_dir is not None:
+            row["help"] = parameter_comments(Path(config_dir) / "loss" / f"{name}.yaml")
+        rows.append(row)
     return rows
+
+
+def parameter_comments(path: str | Path) -> dict[str, str]:
+    """``key: value  # comment`` lines of a flat config file → {key: comment}; {} when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    comments = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z_][A-Za-z0-9_]*):[^#]*#\s*(.*)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    return comments

@@ -1,0 +1,93 @@
+"""Training-step overhead of segtrain (Lightning module, metrics, logging) against a bare PyTorch loop.
+
+Same data pipeline, network, loss, optimizer and batches; prints seconds per step and the ratio.
+    python scripts/bench_train.py [--steps 60] [overrides...]   e.g.  data=synthetic2d  trainer.precision=bf16-mixed
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from conftest import compose
+    from lightning.pytorch import Callback, Trainer, seed_everything
+
+    from segtrain.data import build_datamodule
+    from segtrain.train import build_loss_from_config, build_module
+
+    cfg = compose(args.overrides)
+    seed_everything(0, verbose=False)
+    loss = build_loss_from_config(cfg.loss)
+    data = build_datamodule(cfg.data)
+    data.setup("fit")
+    total = args.warmup + args.steps
+
+    # Bare loop: the same module's network, loss and optimizer, no Lightning.
+    module = build_module(cfg, data.spec, loss)
+    optimizer = module.optimizer_factory(params=module.parameters())
+    batches = []
+    for batch in data.train_dataloader():
+        batches.append(batch)
+        if len(batches) == total:
+            break
+    while len(batches) < total:
+        batches += batches[: total - len(batches)]
+    plain = lambda x: x.as_tensor() if hasattr(x, "as_tensor") else x  # noqa: E731
+    batches = [{"image": plain(b["image"]), "label": plain(b["label"])} for b in batches]
+    times = []
+    for i, batch in enumerate(batches):
+        start = time.perf_counter()
+        out = module.net(batch["image"])
+        value = module.loss(out, batch["label"].long())
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    bare = statistics.median(times)
+
+    # segtrain: Lightning + metrics + logging, same batches.
+    class StepTimer(Callback):
+        def __init__(self):
+            self.times, self._start = [], 0.0
+
+        def on_train_batch_start(self, *a):
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step > args.warmup:
+                self.times.append(time.perf_counter() - self._start)
+
+    module = build_module(cfg, data.spec, build_loss_from_config(cfg.loss))
+    module.print_epoch_summary = False
+    timer = StepTimer()
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=total, limit_val_batches=0, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      precision=cfg.trainer.precision, callbacks=[timer], num_sanity_val_steps=0)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    ours = statistics.median(timer.times)
+    print(f"| loop | s/step (median of {args.steps}) |\n|---|---|")
+    print(f"| bare PyTorch | {bare:.4f} |\n| segtrain (Lightning) | {ours:.4f} |")
+    print(f"ratio segtrain / bare: {ours / bare:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Overlays, the custom-scalars layout, run names from overrides, and the HParams content (no training)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from conftest import TINY_3D, compose
+from segtrain.callbacks.layout import MetricsLayout, default_layout
+from segtrain.callbacks.overlays import ValidationOverlays, display_slice, pick_slice, render_overlay
+from segtrain.callbacks.run_name import MAX_LENGTH, join_overrides
+
+
+# -- overlays -------------------------------------------------------------------------------------------
+def test_pick_slice_prefers_label_then_prediction_then_middle():
+    label, pred = torch.zeros(8, 8, 10, dtype=torch.long), torch.zeros(8, 8, 10, dtype=torch.long)
+    assert pick_slice(label, pred) == 5
+    pred[2:4, 2:4, 7] = 1
+    assert pick_slice(label, pred) == 7
+    label[1:6, 1:6, 3] = 1
+    label[1:3, 1:3, 8] = 1
+    assert pick_slice(label, pred) == 3
+
+
+def test_render_overlay_panels_and_colours():
+    image = torch.linspace(0, 1, 64).reshape(1, 8, 8)
+    label = torch.zeros(8, 8, dtype=torch.long)
+    pred = torch.zeros(8, 8, dtype=torch.long)
+    label[2:4, 2:4] = 1  # TP at (2..3, 2..3) except one FN
+    pred[2:4, 2:4] = 1
+    pred[3, 3] = 0
+    pred[6, 6] = 1  # FP
+    out = render_overlay(image, label, pred, min_size=8)
+    assert out.shape == (3, 8, 4 * 8 + 3) and 0 <= out.min() and out.max() <= 1
+    errors = out[:, :, 27:]
+    assert errors[1, 2, 2] > 0.7 and errors[0, 2, 2] < 0.3  # TP green
+    assert errors[0, 6, 6] > 0.7 and errors[1, 6, 6] < 0.3  # FP red
+    assert errors[2, 3, 3] > 0.7 and errors[0, 3, 3] < 0.3  # FN blue
+    assert torch.equal(out[:, :, :8], out[:, :, :8][0:1].expand(3, 8, 8))  # the image panel is grey
+    assert render_overlay(image, label, pred, min_size=32).shape == (3, 32, 4 * 32 + 12)  # small slices enlarged
+
+
+def test_display_slice_orients_3d_and_2d_cases():
+    image = torch.zeros(1, 4, 6, 5)
+    label = torch.zeros(1, 4, 6, 5, dtype=torch.long)
+    label[0, 0, 1, 2] = 1  # x=0, y=1 on slice z=2
+    img2d, lab2d, pred2d = display_slice(image, label, torch.zeros_like(label))
+    assert img2d.shape == (1, 6, 4) and lab2d.shape == (6, 4)
+    assert lab2d[6 - 1 - 1, 4 - 1 - 0] == 1  # rows: y flipped (anterior up); columns: x flipped (right on the left)
+    img2d, lab2d, _ = display_slice(torch.zeros(3, 5, 7), torch.zeros(1, 5, 7, dtype=torch.long), torch.zeros(1, 5, 7, dtype=torch.long))
+    assert img2d.shape == (3, 7, 5) and lab2d.shape == (7, 5)  # MONAI's (width, height) back to (height, width)
+
+
+class _Writer:
+    def __init__(self):
+        self.images, self.layouts = [], []
+
+    def add_image(self, tag, image, global_step, dataformats):
+        self.images.append((tag, tuple(image.shape), global_step))
+
+    def add_custom_scalars(self, layout):
+        self.layouts.append(layout)
+
+
+class _Trainer:
+    def __init__(self, writer):
+        self.is_global_zero, self.sanity_checking, self.current_epoch, self.global_step = True, False, 0, 7
+        self.loggers = [type("Logger", (), {"experiment": writer})()]
+
+
+def test_overlays_keep_the_first_cases_by_id_and_log_them_sorted():
+    writer = _Writer()
+    trainer, callback = _Trainer(writer), ValidationOverlays(num_cases=2, min_size=1)
+    callback.on_validation_epoch_start(trainer, None)
+    for batch_idx, case_id in enumerate(["case_3", "case_1", "case_4", "case_0"]):
+        volume = torch.zeros(1, 1, 8, 8, 6)
+        outputs = {"image": volume, "label": volume.long(), "pred": volume.long(), "id": [case_id]}
+        callback.on_validation_batch_end(trainer, None, outputs, {}, batch_idx)
+    callback.on_validation_epoch_end(trainer, None)
+    assert [(tag, step) for tag, _, step in writer.images] == [("val_overlays/case_0", 7), ("val_overlays/case_1", 7)]
+    assert writer.images[0][1] == (3, 8, 4 * 8 + 3)
+    # Not every epoch when asked, never during the sanity check, never on other ranks.
+    writer.images.clear()
+    for attr, value in (("current_epoch", 1), ("sanity_checking", True), ("is_global_zero", False)):
+        trainer = _Trainer(writer)
+        setattr(trainer, attr, value)
+        callback = ValidationOverlays(every_n_epochs=2)
+        callback.on_validation_batch_end(trainer, None, outputs, {}, 0)
+        callback.on_validation_epoch_end(trainer, None)
+    assert writer.images == []
+    with pytest.raises(ValueError, match="opacity"):
+        ValidationOverlays(opacity=2)
+
+
+# -- custom scalars ------------------------------------------------------------------------------------------
+def test_layout_puts_loss_and_dice_on_shared_charts():
+    charts = default_layout()["segtrain"]
+    assert all(kind == "Multiline" for kind, _ in charts.values())
+
+    def tags_of(title):
+        return [t for t in ["train/loss_epoch", "train/dice", "val/loss", "val/dice", "val/iou", "val/dice/sphere"]
+                if any(re.match(rx, t) for rx in charts[title][1])]
+
+    assert tags_of("Loss and Dice/IoU (val, whole cases)") == ["val/loss", "val/dice", "val/iou"]
+    assert tags_of("Dice: train patches vs val whole cases") == ["train/dice", "val/dice"]
+    assert tags_of("Dice per class (val)") == ["val/dice/sphere"]
+    writer = _Writer()
+    MetricsLayout().on_fit_start(_Trainer(writer), None)
+    assert writer.layouts == [default_layout()]
+
+
+def test_layout_is_readable_by_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    MetricsLayout().on_fit_start(_Trainer(writer), None)
+    writer.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    proto = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    titles = [chart.title for category in proto.category for chart in category.chart]
+    assert "Dice: train patches vs val whole cases" in titles
+
+
+# -- run names ------------------------------------------------------------------------------------------------
+def test_run_names_put_the_loss_first_and_stay_valid_directory_names():
+    assert join_overrides([("loss.alpha", "loss.alpha=0.7"), ("loss", "loss=tversky")]) == "loss=tversky,loss.alpha=0.7"
+    items = [(a.split("=")[0], a) for a in TINY_3D] + [("loss", "loss=dice"), ("data.root", "data.root=/data/x")]
+    name = join_overrides(items)
+    assert len(name) <= MAX_LENGTH and "/" not in name and name.startswith("loss=dice,model.channels=")
+    assert re.search(r",\+\d+~[0-9a-f]{8}$", name)
+    assert join_overrides([]) == ""
+
+
+# -- HParams -----------------------------------------------------------------------------------------------------
+def test_flat_params_hold_every_loss_model_data_optim_parameter(cache_dir):
+    from segtrain.train import flat_params
+
+    cfg = compose(["loss=tversky", "loss.alpha=0.7"], cache_dir=cache_dir)
+    params = flat_params(cfg)
+    for group in ("loss", "model", "optim", "data"):
+        leaves = {}
+
+        def walk(prefix, node):
+            if hasattr(node, "items"):
+                for k, v in node.items():
+                    if k not in ("_partial_", "cache_dir"):
+                        walk(f"{prefix}.{k}", v)
+            else:
+                leaves[prefix] = node
+
+        walk(group, cfg[group])
+        assert set(leaves) <= set(params), sorted(set(leaves) - set(params))
+    assert params["loss.alpha"] == 0.7 and params["loss.beta"] == "null"
+    assert params["data.synthetic.num_cases"] == 32 and params["model.channels"] == "[16, 32, 64, 128]"
+    assert all(isinstance(v, (int, float, str, bool)) for v in params.values())
+
+
+def test_hparam_metrics_best_and_final_from_the_event_files(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from segtrain.events import hparam_metric_names, hparam_metrics
+
+    writer = SummaryWriter(str(tmp_path))
+    for step, (dice, loss) in enumerate([(0.2, 0.9), (0.6, 0.5), (0.5, 0.55)]):
+        writer.add_scalar("val/dice", dice, step)
+        writer.add_scalar("val/iou", dice / 2, step)
+        writer.add_scalar("val/loss", loss, step)
+    writer.close()
+    values = hparam_metrics(tmp_path, {"val/dice": 0.5, "val/iou": 0.25, "val/loss": 0.55}, best_val_dice=float("nan"))
+    assert set(values) == set(hparam_metric_names())
+    assert values["hp/best_val_dice"] == pytest.approx(0.6) and values["hp/final_val_dice"] == pytest.approx(0.5)
+    assert values["hp/best_val_iou"] == pytest.approx(0.3) and values["hp/best_val_loss"] == pytest.approx(0.5)
+    assert values["hp/final_val_loss"] == pytest.approx(0.55)
+    assert hparam_metrics(None, {"val/dice": 0.4}, best_val_dice=0.45)["hp/best_val_dice"] == 0.45
