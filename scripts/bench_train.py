@@ -58,6 +58,8 @@ def main() -> None:
         value = module.loss(out, batch["label"].long())
         optimizer.zero_grad(set_to_none=True)
         value.backward()
+        if cfg.trainer.gradient_clip_val:  # same clipping as the Trainer applies
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.trainer.gradient_clip_val)
         optimizer.step()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
@@ -80,7 +82,8 @@ def main() -> None:
     timer = StepTimer()
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=total, limit_val_batches=0, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      precision=cfg.trainer.precision, callbacks=[timer], num_sanity_val_steps=0)
+                      precision=cfg.trainer.precision, callbacks=[timer], num_sanity_val_steps=0,
+                      gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     ours = statistics.median(timer.times)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from segtrain.losses.deep_supervision import DeepSupervisionLoss
-from segtrain.metrics import OverlapMetrics
+from segtrain.metrics import OverlapMetrics, class_argmax
 
 
 def main_output(output: Tensor | Sequence[Tensor]) -> Tensor:
@@ -82,7 +82,7 @@ class SegmentationModule(LightningModule):
         output = self.net(image)
         loss = self.loss(output, label, **self._label_maps(batch))
         with torch.no_grad():
-            pred = main_output(output).argmax(1, keepdim=True)
+            pred = class_argmax(main_output(output))
             self.train_metrics.update(pred, label)
             self.train_loss.update(loss.detach())
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=image.shape[0])
@@ -128,7 +128,7 @@ class SegmentationModule(LightningModule):
         image, label = _as_tensor(batch["image"]), _as_tensor(batch["label"]).long()
         logits = self.predict_logits(image)
         self.val_loss.update(self.loss.loss(logits, label, **self._label_maps(batch)), weight=image.shape[0])
-        pred = logits.argmax(1, keepdim=True)
+        pred = class_argmax(logits)
         self.val_metrics.update(pred, label)
         # For callbacks (overlays, diagnostics): the whole case, its label and the prediction.
         return {"image": image, "label": label, "pred": pred, "id": batch.get("id")}

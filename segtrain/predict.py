@@ -88,6 +88,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     from monai.transforms import SaveImage
 
     from segtrain.data.transforms import inference_transforms, prediction_inverter
+    from segtrain.metrics import class_argmax
     from segtrain.module import main_output
 
     run_cfg, spec, net = load_checkpoint(cfg.ckpt_path)
@@ -119,7 +120,7 @@ def predict(cfg: DictConfig) -> list[Path]:
                 mode=settings.get("mode", "gaussian"),
             )
         probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
-        data["pred"] = probabilities.argmax(0, keepdim=True).to(torch.uint8)
+        data["pred"] = class_argmax(logits)[0].cpu().to(torch.uint8)
         data["pred"] = _with_meta(data["pred"], data["image"])
         restored = invert(data)["pred"]
         target = output_dir / case_id

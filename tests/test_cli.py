@@ -64,9 +64,10 @@ def test_unetpp_with_deep_supervision(tmp_path, cache_dir):
     assert "val/dice" in read_scalars(run)
 
 
-def test_bf16_mixed_precision(tmp_path, cache_dir):
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision(tmp_path, cache_dir, precision):
     run = tmp_path / "run"
-    ok(run_cli([*TINY_3D, "trainer.precision=bf16-mixed", f"hydra.run.dir={run}"], tmp_path, cache_dir))
+    ok(run_cli([*TINY_3D, f"trainer.precision={precision}", f"hydra.run.dir={run}"], tmp_path, cache_dir))
     losses = [s.value for s in read_scalars(run)["train/loss"]]
     assert losses and all(math.isfinite(v) for v in losses)
 

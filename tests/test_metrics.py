@@ -71,3 +71,13 @@ def test_shape_mismatch_raises():
     metric = OverlapMetrics(num_classes=2)
     with pytest.raises(ValueError, match="shape"):
         metric.update(torch.zeros(1, 1, 4, 4, dtype=torch.long), torch.zeros(1, 1, 4, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5])
+def test_class_argmax_equals_torch_argmax(channels):
+    from segtrain.metrics import class_argmax
+
+    logits = torch.randn(2, channels, 6, 7, 5, generator=torch.Generator().manual_seed(channels))
+    logits[0, :, 0, 0, 0] = 1.0  # a tie: the lower index wins, as with argmax
+    expected = (logits > 0).long() if channels == 1 else logits.argmax(1, keepdim=True)
+    assert torch.equal(class_argmax(logits), expected)
