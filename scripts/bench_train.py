@@ -54,8 +54,9 @@ def main() -> None:
     times = []
     for i, batch in enumerate(batches):
         start = time.perf_counter()
-        out = module.net(batch["image"])
-        value = module.loss(out, batch["label"].long())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(cfg.trainer.precision).startswith("bf16")):
+            out = module.net(batch["image"])
+            value = module.loss(out, batch["label"].long())
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         if cfg.trainer.gradient_clip_val:  # same clipping as the Trainer applies

@@ -56,23 +56,23 @@ def _cases(params: dict):
         yield i, (0 if empty else int(rs.randint(lo, hi + 1))), rs
 
 
+def _generate(params: dict, num_objs: int, rs: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+    """One noisy image and its binary label from MONAI's generator (2D or 3D by ``params['spatial_dims']``)."""
+    from monai.data import create_test_image_2d, create_test_image_3d
+
+    create = create_test_image_3d if params["spatial_dims"] == 3 else create_test_image_2d
+    return create(*params["shape"], num_objs=num_objs, rad_max=params["radius"][1], rad_min=params["radius"][0],
+                  noise_max=params["noise"], num_seg_classes=1, random_state=rs)
+
+
 def _write_3d(root: Path, params: dict) -> None:
     import nibabel as nib
-    from monai.data import create_test_image_3d
 
     (root / "imagesTr").mkdir()
     (root / "labelsTr").mkdir()
     training = []
     for i, num_objs, rs in _cases(params):
-        image, label = create_test_image_3d(
-            *params["shape"],
-            num_objs=num_objs,
-            rad_max=params["radius"][1],
-            rad_min=params["radius"][0],
-            noise_max=params["noise"],
-            num_seg_classes=1,
-            random_state=rs,
-        )
+        image, label = _generate(params, num_objs, rs)
         affine = np.diag([1.0, 1.0, 1.0, 1.0])
         nib.save(nib.Nifti1Image(image.astype(np.float32), affine), root / "imagesTr" / f"case_{i:03d}.nii.gz")
         nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), root / "labelsTr" / f"case_{i:03d}.nii.gz")
@@ -90,21 +90,12 @@ def _write_3d(root: Path, params: dict) -> None:
 
 
 def _write_2d(root: Path, params: dict) -> None:
-    from monai.data import create_test_image_2d
     from PIL import Image
 
     (root / "images").mkdir()
     (root / "labels").mkdir()
     for i, num_objs, rs in _cases(params):
-        image, label = create_test_image_2d(
-            *params["shape"],
-            num_objs=num_objs,
-            rad_max=params["radius"][1],
-            rad_min=params["radius"][0],
-            noise_max=params["noise"],
-            num_seg_classes=1,
-            random_state=rs,
-        )
+        image, label = _generate(params, num_objs, rs)
         Image.fromarray((image * 255).round().astype(np.uint8)).save(root / "images" / f"case_{i:03d}.png")
         Image.fromarray(label.astype(np.uint8)).save(root / "labels" / f"case_{i:03d}.png")
     meta = {"name": "segtrain synthetic discs", "labels": {"0": "background", "1": "disc"}, "generator": params}
