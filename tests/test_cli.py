@@ -124,3 +124,28 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, cache_dir, args,
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, cache_dir):
+    """Nothing is lost: an interrupted run leaves checkpoints/interrupted.ckpt, and training resumes from it."""
+    import os
+    import signal
+    import subprocess
+
+    from conftest import SEGTRAIN
+
+    run = tmp_path / "run"
+    env = {**os.environ, "SEGTRAIN_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([SEGTRAIN, *TINY_3D, "trainer.max_epochs=200", f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.strip().startswith("1 |"):  # the second epoch finished: interrupt mid-run
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    interrupted = run / "checkpoints" / "interrupted.ckpt"
+    assert interrupted.is_file()
+    resumed = ok(run_cli([*TINY_3D, "trainer.max_epochs=4", f"ckpt_path={interrupted}", f"hydra.run.dir={tmp_path / 'resumed'}"],
+                         tmp_path, cache_dir))
+    assert "finished 4 epoch(s)" in resumed.stdout
