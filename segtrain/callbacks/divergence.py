@@ -52,15 +52,15 @@ class Assessment:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); 0 when either series is constant."""
-    from scipy.stats import rankdata
+    """Spearman rank correlation (SciPy's); 0 when either series is constant (SciPy would give NaN)."""
+    import numpy as np
+    from scipy.stats import spearmanr
 
     if len(x) != len(y) or len(x) < 2:
         raise ValueError(f"spearman needs two series of equal length >= 2, got {len(x)} and {len(y)}")
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
-    return float((rx * ry).sum() / denom) if denom > 0 else 0.0
+    if np.ptp(np.asarray(x, dtype=float)) == 0 or np.ptp(np.asarray(y, dtype=float)) == 0:
+        return 0.0
+    return float(spearmanr(x, y).statistic)
 
 
 def linear_trend(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -68,11 +68,10 @@ def linear_trend(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     import numpy as np
 
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    xc = xs - xs.mean()
-    denom = float((xc**2).sum())
-    slope = float((xc * (ys - ys.mean())).sum() / denom) if denom > 0 else 0.0
-    mean = float(ys.mean())
-    return mean + slope * (xs[0] - xs.mean()), mean + slope * (xs[-1] - xs.mean())
+    if np.ptp(xs) == 0:
+        return float(ys.mean()), float(ys.mean())
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return float(intercept + slope * xs[0]), float(intercept + slope * xs[-1])
 
 
 def assess(
