@@ -79,30 +79,18 @@ def best_and_final(series: dict[str, list[Scalar]], tag: str) -> tuple[float, fl
     return (min(values) if lower_is_better(tag) else max(values)), values[-1]
 
 
-def hparam_metrics(log_dir: str | Path | None, final: dict[str, float], best_val_dice: float) -> dict[str, float]:
-    """Values for ``hparam_metric_names()`` at the end of a run.
+def hparam_metrics(final: dict[str, float], best: dict[str, float]) -> dict[str, float]:
+    """Values for ``hparam_metric_names()`` at the end of a run, from the module's best and last epoch.
 
-    Best values are read back from the run's event files under ``log_dir`` (every logged epoch);
-    finals come from ``final`` (the module's last epoch), falling back to the event files. The
-    checkpoint's best score ``best_val_dice`` wins for Dice when it is finite.
+    A metric never finite during the run has no best: its final value (NaN if none) stands in.
     """
     import math
 
-    series: dict[str, list[Scalar]] = {}
-    if log_dir and Path(log_dir).is_dir():
-        try:
-            series = read_scalars(log_dir)
-        except Exception:  # noqa: BLE001 - a summary must never fail the run
-            series = {}
     out: dict[str, float] = {}
     for tag in RUN_METRICS:
-        best, last = best_and_final(series, tag)
-        last = final.get(tag, last)
         name = tag.replace("/", "_")
-        out[f"hp/best_{name}"] = best if math.isfinite(best) else last
-        out[f"hp/final_{name}"] = last
-    if math.isfinite(best_val_dice):
-        out["hp/best_val_dice"] = best_val_dice
+        out[f"hp/final_{name}"] = final.get(tag, math.nan)
+        out[f"hp/best_{name}"] = best.get(tag, out[f"hp/final_{name}"])
     return out
 
 

@@ -7,6 +7,7 @@ Logged tags (DESIGN.md): ``train/loss``, ``train/dice`` (hard Dice on training p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from segtrain.events import RUN_METRICS, lower_is_better
 from segtrain.losses.deep_supervision import DeepSupervisionLoss
 from segtrain.metrics import OverlapMetrics, class_argmax
 
@@ -60,7 +62,8 @@ class SegmentationModule(LightningModule):
         # The composed config and data spec travel in every checkpoint, so that `segtrain-predict`
         # rebuilds the exact network and preprocessing from the checkpoint alone.
         self.run_config = run_config or {}
-        self.best_val_dice = float("nan")
+        # Best val/dice, val/iou (max) and val/loss (min) so far; kept in checkpoints, so a resumed run continues them.
+        self.best_metrics: dict[str, float] = {}
         self.last_epoch_metrics: dict[str, float] = {}
 
     def forward(self, x: Tensor) -> Tensor:
@@ -146,13 +149,19 @@ class SegmentationModule(LightningModule):
         self.val_metrics.reset()
         self.val_loss.reset()
         if not self.trainer.sanity_checking:
-            dice = float(metrics["val/dice"])
-            if not (dice <= self.best_val_dice):  # also replaces the initial NaN
-                self.best_val_dice = dice
+            for tag in RUN_METRICS:
+                value = float(metrics[tag])
+                if math.isfinite(value):
+                    better = min if lower_is_better(tag) else max
+                    self.best_metrics[tag] = better(self.best_metrics.get(tag, value), value)
             self.last_epoch_metrics.update({k: float(v) for k, v in metrics.items()})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["segtrain"] = self.run_config
+        checkpoint["segtrain_best_metrics"] = dict(self.best_metrics)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_metrics = dict(checkpoint.get("segtrain_best_metrics", {}))
 
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):

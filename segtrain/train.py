@@ -131,7 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from segtrain.events import hparam_metric_names  # HParams: every parameter, best and final val/dice, val/iou, val/loss
 
     for logger in trainer.loggers:
-        logger.log_hyperparams(flat_params(cfg), metrics={name: float("nan") for name in hparam_metric_names()})
+        logger.log_hyperparams(module.hparams["run"], metrics={name: float("nan") for name in hparam_metric_names()})
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return summarise(trainer, module, output_dir, time.perf_counter() - started)
 
@@ -139,19 +139,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, float]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    final = dict(module.last_epoch_metrics)
-    best = module.best_val_dice
-    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    if checkpoint is not None and checkpoint.best_model_score is not None:
-        best = float(checkpoint.best_model_score)
-    metrics = {**final, "best/val_dice": best, "epochs": trainer.current_epoch, "seconds": seconds}
     from segtrain.events import hparam_metrics
 
-    for logger in trainer.loggers:
-        logger.save()  # flush: the best values are read back from this run's event files
-        if trainer.is_global_zero:
-            hp = hparam_metrics(getattr(logger, "log_dir", None), final, best)  # HParams tab: best and final metrics
-            logger.log_metrics(hp, step=trainer.global_step)
+    final = dict(module.last_epoch_metrics)
+    best = module.best_metrics.get("val/dice", math.nan)
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    metrics = {**final, "best/val_dice": best, "epochs": trainer.current_epoch, "seconds": seconds}
+    for logger in trainer.loggers:  # HParams tab: best and final metrics
+        logger.log_metrics(hparam_metrics(final, module.best_metrics), step=trainer.global_step)
         logger.save()
     if trainer.is_global_zero:
         lines = [

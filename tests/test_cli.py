@@ -47,6 +47,9 @@ def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, cache_
     assert "finished 2 epoch(s)" in proc.stdout
     steps = [s.step for s in read_scalars(second)["val/dice"]]
     assert len(steps) == 1 and steps[0] >= 2 * 2 - 1  # only epoch 1 ran, after epoch 0's steps
+    # the best metric continues across the resume: it covers the first run's epochs too
+    both = [v.value for run in (first, second) for v in read_scalars(run)["val/dice"]]
+    assert read_scalars(second)["hp/best_val_dice"][-1].value == pytest.approx(max(both), abs=1e-6)
 
 
 def test_2d_run(tmp_path, cache_dir):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
 from omegaconf import DictConfig, OmegaConf
 
 from torch.utils.data import DistributedSampler
@@ -290,13 +291,7 @@ class _Repeat:
         return self.dataset[index % len(self.dataset)]
 
 
-def _lightning_base():
-    from lightning.pytorch import LightningDataModule
-
-    return LightningDataModule
-
-
-class SegmentationDataModule(_lightning_base()):
+class SegmentationDataModule(LightningDataModule):
     """Training patches (foreground-oversampled) and whole validation cases."""
 
     def __init__(self, cfg: DictConfig, spec: DataSpec, train_cases: list[dict], val_cases: list[dict],
