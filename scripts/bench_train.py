@@ -1,6 +1,7 @@
 """Training-step overhead of segtrain (Lightning module, metrics, logging) against a bare PyTorch loop.
 
-Same data pipeline, network, loss, optimizer and batches; prints seconds per step and the ratio.
+Same data pipeline, network, loss, optimizer and batches; prints seconds per step and the ratio,
+and the cost of the non-finite guard (one host synchronisation and a gradient norm per step).
     python scripts/bench_train.py [--steps 60] [overrides...]   e.g.  data=synthetic2d  trainer.precision=bf16-mixed
 """
 
@@ -78,19 +79,25 @@ def main() -> None:
             if trainer.global_step > args.warmup:
                 self.times.append(time.perf_counter() - self._start)
 
-    module = build_module(cfg, data.spec, build_loss_from_config(cfg.loss))
-    module.print_epoch_summary = False
-    timer = StepTimer()
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=total, limit_val_batches=0, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      precision=cfg.trainer.precision, callbacks=[timer], num_sanity_val_steps=0,
-                      gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None)
-    trainer.fit(module, train_dataloaders=loader)
-    ours = statistics.median(timer.times)
+    def segtrain_step(*callbacks) -> float:
+        module = build_module(cfg, data.spec, build_loss_from_config(cfg.loss))
+        module.print_epoch_summary = False
+        timer = StepTimer()
+        trainer = Trainer(accelerator="cpu", devices=1, max_steps=total, limit_val_batches=0, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          precision=cfg.trainer.precision, callbacks=[timer, *callbacks], num_sanity_val_steps=0,
+                          gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps)
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+        return statistics.median(timer.times)
+
+    from segtrain.callbacks.guard import NonFiniteGuard
+
+    ours = segtrain_step()
+    guarded = segtrain_step(NonFiniteGuard())
     print(f"| loop | s/step (median of {args.steps}) |\n|---|---|")
-    print(f"| bare PyTorch | {bare:.4f} |\n| segtrain (Lightning) | {ours:.4f} |")
+    print(f"| bare PyTorch | {bare:.4f} |\n| segtrain (Lightning) | {ours:.4f} |\n| segtrain + non-finite guard | {guarded:.4f} |")
     print(f"ratio segtrain / bare: {ours / bare:.3f}")
+    print(f"ratio with guard / without: {guarded / ours:.3f}")
 
 
 if __name__ == "__main__":

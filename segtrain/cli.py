@@ -30,29 +30,113 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*", module=r"lightning")
     warnings.filterwarnings("ignore", message=r"Num foregrounds 0, Num backgrounds", module=r"monai")
     warnings.filterwarnings("ignore", message=r".*The number of training batches .* is smaller than the logging interval.*")
+    # A resumed run writes into its own checkpoint folder on purpose.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module=r"lightning")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:torch.utils._pytree")
 
 
 def fail(err: Exception) -> None:
-    print(f"segtrain: error: {err}", file=sys.stderr)
-    sys.exit(2)
+    """One ``segtrain: <error|stopped>: ...`` line on stderr, then the error's exit code (docs/reliability.md).
+
+    A stop that every DDP rank takes together (a signal, NaN) is printed by rank 0 only.
+    """
+    from segtrain.errors import NonFiniteError, RunInterrupted
+
+    collective = isinstance(err, (RunInterrupted, NonFiniteError))
+    if not collective or os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
+        print(f"segtrain: {getattr(err, 'label', 'error')}: {err}", file=sys.stderr)
+    sys.exit(getattr(err, "exit_code", 2))
+
+
+_typed_overrides: list[str] | None = None  # what the user typed, before main() added the resume settings
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from segtrain.train import train
 
     quiet_known_warnings()
+    overrides = _typed_overrides if _typed_overrides is not None else list(HydraConfig.get().overrides.task)
     try:
-        metrics = train(cfg)
+        metrics = train(cfg, overrides=overrides)
     except SegtrainError as err:
+        if getattr(err, "before_training", False):  # refused: a resume leaves no record of this launch
+            from segtrain.resume import discard_launch_record
+
+            discard_launch_record()
         fail(err)
+    except KeyboardInterrupt:
+        print("segtrain: stopped: Ctrl-C before training started; nothing to save", file=sys.stderr)
+        sys.exit(130)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 
 
+def check_output_folder(argv: list[str]) -> None:
+    """Fail with one line, before Hydra creates anything, when the run (or sweep, or log) folder cannot be used.
+
+    - It cannot be created: the test creates and removes a temporary folder in the deepest existing
+      ancestor, so it catches read-only filesystems, missing permissions and files in the way alike.
+    - It holds another run's checkpoints and this is not a resume of it: a new run would overwrite them.
+    """
+    import tempfile
+
+    from segtrain.errors import ConfigError
+
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc") for a in argv):
+        return  # nothing will be written
+    values = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    for key in ("hydra.run.dir", "hydra.sweep.dir", "paths.log_dir"):
+        if values.get(key):
+            target = values[key]
+            break
+    else:
+        key, target = "SEGTRAIN_LOG_DIR", os.environ.get("SEGTRAIN_LOG_DIR", "outputs")
+    path = Path(target).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(f"{key}={target}: cannot create the run folder there ({reason}); choose a writable folder, "
+                          "e.g. hydra.run.dir=$HOME/segtrain-runs/NAME") from None
+    resuming = values.get("resume.dir") not in (None, "", "null")
+    if key in ("hydra.run.dir", "hydra.sweep.dir") and not resuming and path.is_dir():
+        pattern = "checkpoints/*.ckpt" if key == "hydra.run.dir" else "*/checkpoints/*.ckpt"
+        found = sorted(path.glob(pattern))
+        if found:
+            raise ConfigError(f"{key}={target} already holds a run ({found[0].relative_to(path)}); a new run there would "
+                              f"overwrite it: resume it with segtrain resume={found[0].parent.parent}, or choose another folder")
+
+
 def main() -> None:
+    """``segtrain k=v ...``: train; ``segtrain resume=<run dir>`` continues a run in its own directory."""
+    global _typed_overrides
+    import json
+
+    from segtrain.resume import prepare_argv, user_overrides
+
     quiet_known_warnings()
+    inherited = os.environ.get("SEGTRAIN_TYPED_OVERRIDES")
+    if inherited is not None and os.environ.get("LOCAL_RANK", "0") != "0":
+        # A DDP worker that Lightning started with rank 0's command line, already prepared.
+        _typed_overrides = json.loads(inherited)
+        _train_app()
+        return
+    try:
+        argv = prepare_argv(sys.argv[1:])
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP workers share rank 0's folder, already checked
+            check_output_folder(argv)
+    except SegtrainError as err:
+        fail(err)
+    if argv != sys.argv[1:]:  # a resume: only what the user typed counts as a change to the run
+        _typed_overrides = user_overrides(sys.argv[1:])
+        os.environ["SEGTRAIN_TYPED_OVERRIDES"] = json.dumps(_typed_overrides)  # for DDP workers
+    sys.argv = [sys.argv[0], *argv]
     _train_app()
 
 

@@ -19,18 +19,62 @@ def event_files(run_dir: str | Path) -> list[Path]:
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[Scalar]]:
-    """Every scalar series under ``run_dir`` (all event files merged), sorted by step."""
+    """Every scalar series under ``run_dir`` (all event files merged), sorted by step.
+
+    Each folder of event files is read as TensorBoard reads a run: its files in order, as one stream.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     series: dict[str, list[Scalar]] = {}
-    for path in event_files(run_dir):
-        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    for folder in sorted({path.parent for path in event_files(run_dir)}):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             series.setdefault(tag, []).extend(Scalar(e.step, e.value, e.wall_time) for e in acc.Scalars(tag))
     for values in series.values():
         values.sort(key=lambda s: (s.step, s.wall_time))
     return series
+
+
+RESUMED_PLUGINS = ("hparams", "custom_scalars")  # written again by every run that resumes
+RESUMED_TAG_PREFIX = "hp/"                         # the HParams tab's metrics: placeholders at start, values at the end
+
+
+def truncate_events(folder: str | Path, wall_time: float) -> int:
+    """Drop from the event files in ``folder`` every event written after ``wall_time``; returns how many.
+
+    A run resumed from a checkpoint logs again what came after it: the events its killed or
+    stopped predecessor wrote after the checkpoint (``wall_time`` is stored in it, after the
+    loggers were flushed) would otherwise appear twice, or at shifted steps. The HParams and
+    custom-scalars records and the ``hp/*`` metrics are dropped too: the resumed run writes them
+    again. Files are rewritten atomically; a file without such events is left untouched.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from segtrain.checkpoints import atomic_write
+
+    dropped = 0
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        kept, removed = [], 0
+        for raw in RawEventFileLoader(str(path)).Load():
+            event = event_pb2.Event.FromString(raw)
+            plugins = {value.metadata.plugin_data.plugin_name for value in event.summary.value}
+            rewritten = plugins & set(RESUMED_PLUGINS) or any(v.tag.startswith(RESUMED_TAG_PREFIX) for v in event.summary.value)
+            if event.HasField("file_version") or (event.wall_time <= wall_time and not rewritten):
+                kept.append(raw)
+            else:
+                removed += 1
+        if removed:
+            def write(handle, records=kept):
+                writer = RecordWriter(handle)
+                for record in records:
+                    writer.write(record)
+
+            atomic_write(path, write)
+            dropped += removed
+    return dropped
 
 
 def read_hparams(run_dir: str | Path) -> dict[str, object]:

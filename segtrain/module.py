@@ -7,7 +7,10 @@ Logged tags (DESIGN.md): ``train/loss``, ``train/dice`` (hard Dice on training p
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +22,8 @@ from torchmetrics import MeanMetric
 from segtrain.events import RUN_METRICS, lower_is_better
 from segtrain.losses.deep_supervision import DeepSupervisionLoss
 from segtrain.metrics import OverlapMetrics, class_argmax
+
+log = logging.getLogger("segtrain")
 
 
 def main_output(output: Tensor | Sequence[Tensor]) -> Tensor:
@@ -55,6 +60,12 @@ class SegmentationModule(LightningModule):
         self.val_metrics = OverlapMetrics(num_classes)
         self.val_loss = MeanMetric()
         self.train_loss = MeanMetric()
+        # An epoch's training counts travel in checkpoints, so that an epoch resumed mid-way (or whose
+        # end hooks Lightning re-runs after a resume) reports the same train/dice as an uninterrupted one.
+        self.train_metrics.persistent(True)
+        self.train_loss.persistent(True)
+        self.summarised_epoch = -1  # the last epoch whose train/* values went to the loggers
+        self._auto_schedule: dict[str, int] = {}
         self.print_epoch_summary = True
         self._header_printed = False
         # Flat run parameters for the HParams tab (saved in checkpoints too).
@@ -88,17 +99,40 @@ class SegmentationModule(LightningModule):
             pred = class_argmax(main_output(output))
             self.train_metrics.update(pred, label)
             self.train_loss.update(loss.detach())
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=image.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=image.shape[0])
+        self._log_step_loss(loss)
         return loss
 
+    def _log_step_loss(self, loss: Tensor) -> None:
+        """``train/loss`` every ``trainer.log_every_n_steps`` steps, at the step Lightning would use.
+
+        Written to the loggers here rather than through ``self.log``: Lightning writes step values
+        after ``on_train_batch_end``, where a mid-epoch checkpoint is saved, and a run killed after that
+        checkpoint would lose its last step's value (a resume starts after it).
+        """
+        if self.trainer.is_global_zero and (self.global_step + 1) % max(int(self.trainer.log_every_n_steps), 1) == 0:
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": float(loss.detach()), "epoch": float(self.current_epoch)},
+                                   step=self.global_step)
+
     def on_train_epoch_end(self) -> None:
+        if self.current_epoch == self.summarised_epoch:
+            return  # already logged before the checkpoint this run resumed from
         # Epoch values are global: counts and loss sums are reduced over ranks by torchmetrics.
-        scores = self.train_metrics.compute()
-        train = {"train/loss_epoch": self.train_loss.compute(), "train/dice": scores["mean_dice"]}
-        self.log_dict({k: v.float() for k, v in train.items()}, sync_dist=False)
+        with warnings.catch_warnings():  # counts restored from a checkpoint are counts all the same
+            warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method.*")
+            scores = self.train_metrics.compute()
+            train = {"train/loss_epoch": float(self.train_loss.compute()), "train/dice": float(scores["mean_dice"])}
         self.train_metrics.reset()
         self.train_loss.reset()
-        self.last_epoch_metrics.update({k: float(v) for k, v in train.items()})
+        self.summarised_epoch = self.current_epoch
+        # Straight to the loggers (at the step of this epoch's validation values), not through
+        # self.log: Lightning writes self.log values after the checkpoint callbacks have run, and a
+        # resume drops every event written after its checkpoint.
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics({**train, "epoch": float(self.current_epoch)}, step=max(self.global_step - 1, 0))
+        self.last_epoch_metrics.update(train)
         if self.print_epoch_summary:
             self._print_epoch_line()
 
@@ -157,28 +191,70 @@ class SegmentationModule(LightningModule):
             self.last_epoch_metrics.update({k: float(v) for k, v in metrics.items()})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from segtrain.checkpoints import capture_rng_states
+
         checkpoint["segtrain"] = self.run_config
         checkpoint["segtrain_best_metrics"] = dict(self.best_metrics)
+        checkpoint["segtrain_state"] = {
+            "summarised_epoch": self.summarised_epoch,
+            "last_epoch_metrics": dict(self.last_epoch_metrics),
+            "rng": capture_rng_states(),
+            "events_wall_time": time.time(),  # a resume drops the events logged after this moment
+        }
+        if self.trainer.world_size > 1:  # the epoch's training counts of every rank, summed (rank 0 resumes them)
+            for name, metric in (("train_metrics", self.train_metrics), ("train_loss", self.train_loss)):
+                metric.sync(should_sync=True, distributed_available=lambda: True)
+                for key, value in metric.state_dict(prefix=f"{name}.").items():
+                    checkpoint["state_dict"][key] = value.detach().clone()
+                metric.unsync()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from segtrain.checkpoints import restore_rng_states
+
         self.best_metrics = dict(checkpoint.get("segtrain_best_metrics", {}))
+        state = checkpoint.get("segtrain_state", {})
+        self.summarised_epoch = int(state.get("summarised_epoch", -1))
+        self.last_epoch_metrics = dict(state.get("last_epoch_metrics", {}))
+        if "rng" in state:
+            restore_rng_states(state["rng"])
+        if self._trainer is not None and self.trainer.global_rank > 0:  # the summed counts are rank 0's to resume
+            for key, value in checkpoint["state_dict"].items():
+                if key.startswith(("train_metrics.", "train_loss.")):
+                    checkpoint["state_dict"][key] = torch.zeros_like(value)
 
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        kwargs = {}
         keywords = getattr(self.scheduler_factory, "keywords", {})
-        if "total_iters" in keywords and keywords["total_iters"] is None:
-            kwargs["total_iters"] = (
-                self.trainer.estimated_stepping_batches if self.scheduler_interval == "step" else self.trainer.max_epochs
-            )
-        if "T_max" in keywords and keywords["T_max"] is None:
-            kwargs["T_max"] = self.trainer.estimated_stepping_batches if self.scheduler_interval == "step" else self.trainer.max_epochs
-        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        length = self.trainer.estimated_stepping_batches if self.scheduler_interval == "step" else self.trainer.max_epochs
+        # Lengths left null in the config follow the run's length (steps or epochs).
+        self._auto_schedule = {key: int(length) for key in ("total_iters", "T_max") if key in keywords and keywords[key] is None}
+        scheduler = self.scheduler_factory(optimizer=optimizer, **self._auto_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
+    def on_train_start(self) -> None:
+        """After a resume: a schedule whose length follows the run is stretched to the run's new length.
+
+        Lightning restores the scheduler of the checkpoint, whose length is that of the old run: a
+        finished run continued with more epochs would train at its final learning rate (0 for the
+        poly schedule). The learning rate is set from the schedule's closed form at the current step.
+        """
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            changed = {k: v for k, v in self._auto_schedule.items() if getattr(scheduler, k, v) != v}
+            if not changed:
+                continue
+            old = {k: getattr(scheduler, k) for k in changed}
+            for key, value in changed.items():
+                setattr(scheduler, key, value)
+            if hasattr(scheduler, "_get_closed_form_lr"):
+                rates = scheduler._get_closed_form_lr()
+                for group, rate in zip(scheduler.optimizer.param_groups, rates):
+                    group["lr"] = rate
+                scheduler._last_lr = list(rates)
+            log.info("segtrain: the learning-rate schedule now runs to %s (was %s) for the new run length", changed, old)
 
 def _as_tensor(x: Tensor) -> Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else x

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segtrain.errors import ConfigError, DataError
+from segtrain.errors import DataError
 
 log = logging.getLogger("segtrain")
 
@@ -67,13 +67,10 @@ def load_checkpoint(ckpt_path: str | Path):
     from segtrain.data import DataSpec
     from segtrain.models import build_model
 
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={path}: no such checkpoint; use <run dir>/checkpoints/best.ckpt")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    meta = checkpoint.get("segtrain")
-    if not meta:
-        raise ConfigError(f"ckpt_path={path}: not a segtrain checkpoint (no 'segtrain' entry with the run config)")
+    from segtrain.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(ckpt_path)  # weights_only=True; one line for a missing, broken or foreign file
+    meta = checkpoint["segtrain"]
     run_cfg = OmegaConf.create(meta["config"])
     spec = DataSpec.from_dict(meta["spec"])
     net = build_model(run_cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes)

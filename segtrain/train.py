@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segtrain.errors import ConfigError
+from segtrain.errors import ConfigError, SegtrainError
 
 log = logging.getLogger("segtrain")
 
@@ -41,40 +41,72 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_trainer(cfg: DictConfig):
+    """The Lightning trainer with the config's callbacks and loggers, plus what every run has.
+
+    Always added: ``SafeCheckpointIO`` (atomic, finite-only writes, ``weights_only`` reads), the
+    non-finite guard (``guard.*``) and the graceful stop on SIGTERM/SIGUSR1/Ctrl-C.
+    """
     from hydra.utils import instantiate
     from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from segtrain.callbacks.guard import NonFiniteGuard
+    from segtrain.callbacks.interrupt import GracefulStop
+    from segtrain.checkpoints import SafeCheckpointIO
 
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     extra_callbacks = kwargs.pop("callbacks", None) or []
     logger_flag = kwargs.pop("logger", None)
+    plugins = kwargs.pop("plugins", None) or []
+    plugins = [instantiate(p) if isinstance(p, dict) and "_target_" in p else p for p in (plugins if isinstance(plugins, list) else [plugins])]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks += [instantiate(c) for c in extra_callbacks]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     logger = False if logger_flag is False or not loggers else loggers
     if kwargs.get("fast_dev_run"):
-        callbacks = [c for c in callbacks if type(c).__name__ != "ModelCheckpoint"]
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    guard = OmegaConf.to_container(cfg.get("guard") or {}, resolve=True)
     try:
-        return Trainer(**kwargs, callbacks=callbacks, logger=logger)
+        callbacks += [NonFiniteGuard(**guard), GracefulStop(Path(cfg.paths.output_dir) / "checkpoints")]
+        return Trainer(**kwargs, callbacks=callbacks, logger=logger, plugins=[*plugins, SafeCheckpointIO()])
     except (ValueError, TypeError, RuntimeError) as err:  # MisconfigurationException is a ValueError
         raise ConfigError(f"invalid trainer setting: {str(err).splitlines()[0]}") from err
 
 
-def build_module(cfg: DictConfig, spec, loss):
+def build_optim(optim_cfg: DictConfig):
+    """(optimizer factory, scheduler factory or None, interval), each tried once on a dummy parameter.
+
+    The factories are called inside ``trainer.fit``; trying them here turns a bad argument (a
+    LinearLR ``end_factor`` above 1, a misspelt keyword) into one line before preflight.
+    """
+    import torch
     from hydra.utils import instantiate
 
+    interval = optim_cfg.get("interval", "step")
+    if interval not in ("step", "epoch"):
+        raise ConfigError(f"optim.interval={interval!r} must be step or epoch")
+    part = "optim.optimizer"
+    try:
+        optimizer = instantiate(optim_cfg.optimizer)
+        trial = optimizer(params=[torch.nn.Parameter(torch.zeros(1))])
+        part = "optim.scheduler"
+        scheduler = instantiate(optim_cfg.scheduler) if optim_cfg.get("scheduler") else None
+        if scheduler is not None:
+            keywords = getattr(scheduler, "keywords", {})
+            scheduler(optimizer=trial, **{k: 1 for k in ("total_iters", "T_max") if k in keywords and keywords[k] is None})
+    except Exception as err:  # noqa: BLE001 - hydra wraps any import/arg error; torch raises ValueError/TypeError
+        target = OmegaConf.select(optim_cfg, f"{part.split('.')[1]}._target_", default="?")
+        raise ConfigError(f"{part} ({target}) is invalid: {' '.join(str(err).split())[:300]}") from None
+    return optimizer, scheduler, interval
+
+
+def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None = None):
     from segtrain.models import build_model, check_patch_size
     from segtrain.module import SegmentationModule
 
     check_patch_size(cfg.model, spec.patch_size)
     net = build_model(cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes)
-    try:
-        optimizer = instantiate(cfg.optim.optimizer)
-        scheduler = instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None
-    except Exception as err:  # noqa: BLE001 - hydra wraps any import/arg error
-        raise ConfigError(f"invalid optim config: {str(err).splitlines()[0]}") from err
-    interval = cfg.optim.get("interval", "step")
-    if interval not in ("step", "epoch"):
-        raise ConfigError(f"optim.interval={interval!r} must be step or epoch")
+    optimizer, scheduler, interval = build_optim(cfg.optim)
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     inference["roi_size"] = inference.get("roi_size") or list(spec.patch_size)
     return SegmentationModule(
@@ -89,7 +121,10 @@ def build_module(cfg: DictConfig, spec, loss):
         hparams=flat_params(cfg),
         run_config={
             "config": OmegaConf.to_container(cfg, resolve=True),
+            "config_source": OmegaConf.to_container(cfg, resolve=False),  # what a resume starts from
             "spec": spec.to_dict(),
+            "split": split or {},
+            "choices": _group_choices(),  # the config groups a resume selects again (loss: tversky, ...)
         },
     )
 
@@ -107,33 +142,157 @@ def build_loss_from_config(loss_cfg: DictConfig):
         raise ConfigError(str(err)) from err
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train one run from a composed config; returns its final and best metrics."""
-    started = time.perf_counter()
-    from lightning.pytorch import seed_everything
+def _group_choices() -> dict[str, str]:
+    """This launch's config-group choices (``loss: tversky``, ...), without Hydra's own; empty outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
 
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in choices.items() if v is not None and not str(k).startswith("hydra")}
+
+
+def _config_groups() -> set[str]:
+    """The config groups of this launch (``loss``, ``experiment``, ...): Hydra's choices, or the config folders."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return set(HydraConfig.get().runtime.choices)
+    except ValueError:  # not inside a Hydra app (tests compose configs directly)
+        from segtrain.cli import config_dir
+
+        return {p.name for p in Path(config_dir()).iterdir() if p.is_dir()}
+
+
+def _record_config(cfg: DictConfig) -> None:
+    """Hydra saved the command line's composition; a resumed run records the config it actually runs with."""
+    from segtrain.checkpoints import write_text_atomic
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return
+    if hydra_cfg.output_subdir:
+        write_text_atomic(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir / "config.yaml", OmegaConf.to_yaml(cfg))
+
+
+def check_model_fits(cfg: DictConfig, checkpoint: dict) -> None:
+    """The network of ``cfg.model`` takes the checkpoint's weights (checked before preflight)."""
+    from segtrain.data import DataSpec
+    from segtrain.models import build_model
+
+    spec = DataSpec.from_dict(checkpoint["segtrain"]["spec"])
+    net = build_model(cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes)
+    weights = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:200]
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: the checkpoint's network does not fit the model settings "
+                          f"({detail}); resume with the run's own model settings") from None
+
+
+def check_same_cases(cfg: DictConfig, checkpoint: dict, data) -> None:
+    """A resumed run trains and validates on the cases of its checkpoint (``resume.allow_changes`` overrides)."""
+    stored = checkpoint["segtrain"].get("split") or {}
+    for part, cases in (("train", data.train_cases), ("val", data.val_cases)):
+        if part not in stored:
+            continue
+        old, new = set(stored[part]), {c["id"] for c in cases}
+        if old != new and not OmegaConf.select(cfg, "resume.allow_changes", default=False):
+            raise ConfigError(
+                f"resume: the {part} cases differ from the run's ({len(new - old)} new, {len(old - new)} missing, e.g. "
+                f"{sorted(new ^ old)[0]}); resume with the run's data, or add resume.allow_changes=true"
+            )
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
+    """Train one run from a composed config; returns its final and best metrics.
+
+    ``overrides``: the command line's overrides; a resume (``ckpt_path`` set) takes the config of
+    its checkpoint and only these keys from ``cfg`` (see ``segtrain.resume``).
+
+    Raises:
+        SegtrainError: one line for the user; ``before_training`` is set on those raised before
+            anything was trained or written besides the run folder's reports.
+    """
+    started = time.perf_counter()
     # Lightning attaches its own console handler; Hydra's handlers (console + run log file) suffice.
     logging.getLogger("lightning").handlers.clear()
     # ...and drops its advertising "💡 Tip" line, which tells a segtrain user nothing actionable.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: not str(record.msg).startswith("💡"))
+    try:
+        cfg, data, module, trainer = prepare(cfg, overrides or [])
+    except SegtrainError as err:
+        err.before_training = True
+        raise
+    _fit(trainer, module, data, cfg.get("ckpt_path"))
+    return summarise(trainer, module, Path(cfg.paths.output_dir), time.perf_counter() - started)
 
+
+def prepare(cfg: DictConfig, overrides: list[str]):
+    """compose → check → build: (config, data module, module, trainer), cheap checks first, preflight next.
+
+    A resume reads its checkpoint first (one line if it is broken), takes the run's config, checks
+    that the network takes the weights, and, resuming in the run's own folder, drops the events the
+    stopped run logged after its checkpoint (they will be logged again).
+    """
+    from lightning.pytorch import seed_everything
+
+    from segtrain.checkpoints import read_checkpoint
     from segtrain.data import build_datamodule
+    from segtrain.events import event_files, hparam_metric_names, truncate_events
+    from segtrain.resume import resumed_config
 
     output_dir = Path(cfg.paths.output_dir)
+    checkpoint = None
+    if cfg.get("ckpt_path"):
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        cfg, _ = resumed_config(cfg, checkpoint["segtrain"], overrides, _config_groups())
+        check_model_fits(cfg, checkpoint)
+        _record_config(cfg)
     seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint; resume from <run dir>/checkpoints/last.ckpt")
-    loss = build_loss_from_config(cfg.loss)  # cheap checks first
-    data = build_datamodule(cfg.data, output_dir, label_maps=getattr(loss, "label_maps", {}))  # preflight: every case validated before training
-    module = build_module(cfg, data.spec, loss)
+    loss = build_loss_from_config(cfg.loss)
+    build_optim(cfg.optim)
+    # preflight: every case validated before training
+    data = build_datamodule(cfg.data, output_dir, label_maps=getattr(loss, "label_maps", {}), seed=cfg.seed)
+    if checkpoint is not None:
+        check_same_cases(cfg, checkpoint, data)
+    split = {"train": [c["id"] for c in data.train_cases], "val": [c["id"] for c in data.val_cases]}
+    module = build_module(cfg, data.spec, loss, split)
     trainer = build_trainer(cfg)
-    from segtrain.events import hparam_metric_names  # HParams: every parameter, best and final val/dice, val/iou, val/loss
-
-    for logger in trainer.loggers:
+    resume_dir = OmegaConf.select(cfg, "resume.dir", default=None)
+    if checkpoint is not None and resume_dir and Path(resume_dir).resolve() == output_dir.resolve() and trainer.is_global_zero:
+        state = checkpoint.get("segtrain_state", {})
+        if state.get("events_wall_time") is not None:
+            for folder in sorted({path.parent for path in event_files(output_dir)}):
+                truncate_events(folder, float(state["events_wall_time"]))
+    for logger in trainer.loggers:  # HParams: every parameter, best and final val/dice, val/iou, val/loss
         logger.log_hyperparams(module.hparams["run"], metrics={name: float("nan") for name in hparam_metric_names()})
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    return summarise(trainer, module, output_dir, time.perf_counter() - started)
+    return cfg, data, module, trainer
+
+
+def _fit(trainer, module, data, ckpt_path) -> None:
+    """``trainer.fit``, with Lightning's ways of ending a run early turned into segtrain's errors (non-zero exits)."""
+    import signal
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from segtrain.callbacks.interrupt import GracefulStop
+    from segtrain.errors import RunInterrupted
+
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except SIGTERMException:  # SIGTERM before segtrain's own handler was in place (before the first step)
+        raise RunInterrupted("SIGTERM before the first training step; nothing new to save", signal.SIGTERM) from None
+    except SystemExit:  # Lightning exits after a KeyboardInterrupt: a second Ctrl-C
+        if any(isinstance(c, GracefulStop) and c.hard_stop for c in trainer.callbacks):
+            raise RunInterrupted("a second Ctrl-C stopped the run at once; the last good checkpoint is "
+                                 "checkpoints/last.ckpt", signal.SIGINT) from None
+        raise
 
 
 def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, float]:
@@ -154,8 +313,10 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
             f"  best val/dice {best:.4f}; final val/dice {final.get('val/dice', math.nan):.4f}, "
             f"val/iou {final.get('val/iou', math.nan):.4f}, val/loss {final.get('val/loss', math.nan):.4f}",
         ]
-        if checkpoint is not None and checkpoint.dirpath and Path(checkpoint.dirpath).is_dir():
-            lines.append(f"  checkpoints: {checkpoint.best_model_path or '-'} (best), {checkpoint.dirpath}/last.ckpt (last)")
+        last = getattr(checkpoint, "last_path", None)
+        if checkpoint is not None and last is not None and last.is_file():
+            epoch = "" if checkpoint.last_epoch_saved is None else f", epoch {checkpoint.last_epoch_saved}"
+            lines.append(f"  checkpoints: {checkpoint.best_model_path or '-'} (best), {last} (last{epoch})")
         lines.append(f"  run directory: {output_dir}")
         if trainer.loggers:
             lines.append(f"  TensorBoard: tensorboard --logdir {output_dir}")

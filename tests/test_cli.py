@@ -69,8 +69,12 @@ def test_unetpp_with_deep_supervision(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision(tmp_path, cache_dir, precision):
+    # 32^3 patches: with 16^3 the bottleneck is 2^3, where torch 2.13's CPU bf16 Conv3d backward gives
+    # nondeterministic, at times NaN, weight gradients (12 distinct results in 200 identical calls,
+    # see docs/reliability.md); the non-finite guard then stops the run, as it should.
     run = tmp_path / "run"
-    ok(run_cli([*TINY_3D, f"trainer.precision={precision}", f"hydra.run.dir={run}"], tmp_path, cache_dir))
+    ok(run_cli([*TINY_3D, "data.patch_size=[32,32,32]", f"trainer.precision={precision}", f"hydra.run.dir={run}"],
+               tmp_path, cache_dir))
     losses = [s.value for s in read_scalars(run)["train/loss"]]
     assert losses and all(math.isfinite(v) for v in losses)
 

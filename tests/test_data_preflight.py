@@ -67,6 +67,14 @@ def nan_intensities(tmp):
     return root, ["imagesTr/case02_0000.nii.gz: image contains NaN or Inf intensities", "replace them"]
 
 
+def huge_intensities(tmp):
+    root = nnunet_dataset(tmp, num_cases=10)  # one case among ten is enough to ruin a run
+    image, _ = sphere_case(seed=7)
+    image[2, 3, 4] = 1e38
+    save_nifti(root / "imagesTr" / "case07_0000.nii.gz", image)
+    return root, ["imagesTr/case07_0000.nii.gz: intensities reach 1e+38, beyond +-1e+30", "rescale the image"]
+
+
 def truncated_gzip(tmp):
     root = nnunet_dataset(tmp, shape=(32, 32, 32))
     path = root / "imagesTr" / "case03_0000.nii.gz"
@@ -105,7 +113,7 @@ def empty_dataset(tmp):
 
 # Each problem the issue lists goes through the real CLI once; the remaining ones are checked in-process only.
 CLI_CASES = [missing_label, shape_mismatch, affine_mismatch, mask_0_255, values_out_of_range, float_labels,
-             nan_intensities, truncated_gzip, empty_root, wrong_root, json_names_missing_file]
+             nan_intensities, huge_intensities, truncated_gzip, empty_root, wrong_root, json_names_missing_file]
 CASES = [*CLI_CASES, corrupt_file, empty_dataset]
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from torch.utils.data import DistributedSampler
 
+from segtrain.checkpoints import write_text_atomic
 from segtrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class DataSpec:
         return data
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def from_dict(cls, data: dict) -> DataSpec:
@@ -186,12 +187,14 @@ def _total_memory() -> int | None:
         return None
 
 
-def build_datamodule(cfg: DictConfig, output_dir: str | Path | None = None, label_maps: dict | None = None) -> SegmentationDataModule:
+def build_datamodule(cfg: DictConfig, output_dir: str | Path | None = None, label_maps: dict | None = None,
+                     seed: int = 0) -> SegmentationDataModule:
     """Resolve the dataset of ``cfg`` (generating the synthetic one if asked), run preflight, split it.
 
     Writes ``dataset_report.{txt,json}``, ``split.json`` and ``data_spec.json`` into ``output_dir``.
     ``label_maps``: name → function of the label (see ``SegmentationLoss.label_maps``), computed once
     per case in the cached part of the pipeline and cropped together with the label.
+    ``seed``: the run's seed; the order of the training patches and their augmentation follow it.
 
     Raises:
         DataError: the dataset is missing, empty or fails preflight (one line naming the file and the fix).
@@ -243,10 +246,10 @@ def build_datamodule(cfg: DictConfig, output_dir: str | Path | None = None, labe
     if output_dir is not None:
         output_dir = Path(output_dir)
         report.save(output_dir)
-        (output_dir / "split.json").write_text(json.dumps({"train": train_ids, "val": val_ids}, indent=2))
+        write_text_atomic(output_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2))
         spec.save(output_dir / "data_spec.json")
     return SegmentationDataModule(cfg, spec, [by_id[i] for i in train_ids], [by_id[i] for i in val_ids], mapping,
-                                  report, label_maps=label_maps, dataset_root=listing.root)
+                                  report, label_maps=label_maps, dataset_root=listing.root, seed=seed)
 
 
 def _file_hash(item: dict) -> bytes:
@@ -278,17 +281,74 @@ def collate_patches(items: list[dict]) -> dict:
     return out
 
 
-class _Repeat:
-    """A dataset seen ``length`` times per epoch (cases cycle), so an epoch is a fixed number of patches."""
+def patch_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of training item ``index`` in ``epoch``: a pure function, so any worker, rank or resumed run draws the same patch."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
 
-    def __init__(self, dataset, length: int):
-        self.dataset, self.length = dataset, length
+
+class _Repeat:
+    """The training cases seen ``length`` times per epoch (cases cycle), so an epoch is a fixed number of patches.
+
+    Items are addressed by ``(epoch, index)`` (``EpochSampler``); the random part of the pipeline
+    (patch centre, flips) is re-seeded from ``patch_seed(seed, epoch, index)`` before each item.
+    """
+
+    def __init__(self, dataset, length: int, seed: int = 0):
+        self.dataset, self.length, self.seed = dataset, length, int(seed or 0)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        self.dataset.transform.set_random_state(seed=patch_seed(self.seed, epoch, index))
         return self.dataset[index % len(self.dataset)]
+
+
+class EpochSampler(DistributedSampler):
+    """The order of the training items: a permutation per epoch from ``(seed, epoch)``, sharded across DDP ranks.
+
+    Yields ``(epoch, index)`` keys (see ``_Repeat``). A ``DistributedSampler``, so that Lightning
+    keeps it under DDP and calls ``set_epoch`` each epoch; ``skip`` drops the first items of the next
+    iteration only (a resumed epoch skips what the interrupted run already trained on).
+    """
+
+    def __init__(self, dataset, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=int(seed or 0), drop_last=False)
+        self.skip = 0
+
+    def __iter__(self):
+        epoch, skip, self.skip = self.epoch, self.skip, 0
+        return iter([(epoch, index) for index in list(super().__iter__())[skip:]])
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """A training loader that Lightning checkpoints mid-epoch (its ``state_dict`` goes into every checkpoint).
+
+    The state is the epoch and the number of batches handed out; ``load_state_dict`` makes the next
+    iteration start after them. With ``EpochSampler``'s order and ``_Repeat``'s seeding, the rest of
+    a resumed epoch is batch for batch what the uninterrupted run trained on, whatever the workers.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = 0
+
+    def __iter__(self):
+        self.batches_done = self.sampler.skip // max(self.batch_size or 1, 1)
+        for batch in super().__iter__():
+            self.batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, batches = int(state.get("epoch", 0)), int(state.get("batches", 0))
+        if batches >= len(self):  # saved at the epoch's end: the next epoch starts afresh
+            epoch, batches = epoch + 1, 0
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = batches * int(self.batch_size or 1)
 
 
 class SegmentationDataModule(LightningDataModule):
@@ -296,14 +356,17 @@ class SegmentationDataModule(LightningDataModule):
 
     def __init__(self, cfg: DictConfig, spec: DataSpec, train_cases: list[dict], val_cases: list[dict],
                  label_mapping: dict | None = None, report=None, label_maps: dict | None = None,
-                 dataset_root: Path | None = None):
+                 dataset_root: Path | None = None, seed: int = 0):
         super().__init__()
+        self.seed = int(seed or 0)
         self.dataset_root = dataset_root
         self.label_maps = dict(label_maps or {})
         self.cfg, self.spec, self.report = cfg, spec, report
         self.train_cases, self.val_cases = train_cases, val_cases
         self.label_mapping = label_mapping
         self.train_set = self.val_set = None
+        self._train_loader: ResumableLoader | None = None
+        self._resume_position: dict | None = None
 
     def _items(self, cases: list[dict]) -> list[dict]:
         return [{"image": c["image"] if len(c["image"]) > 1 else c["image"][0], "label": c["label"], "id": c["id"]}
@@ -314,7 +377,7 @@ class SegmentationDataModule(LightningDataModule):
         recipe = {"part": part, "spec": self.spec.to_dict(), "label_mapping": sorted((self.label_mapping or {}).items()),
                   "label_maps": sorted(f"{k}:{getattr(v, '__module__', '')}.{getattr(v, '__qualname__', repr(v))}"
                                        for k, v in self.label_maps.items()),
-                  "root": str(self.dataset_root), "version": 1}
+                  "root": str(self.dataset_root), "version": 2}
         key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return Path(self.cfg.cache_dir).expanduser() / "persistent" / key
 
@@ -330,8 +393,9 @@ class SegmentationDataModule(LightningDataModule):
             return CacheDataset(items, pipeline, cache_rate=float(self.cfg.get("cache_rate", 1.0)), num_workers=None,
                                 progress=False, copy_cache=False)
         if cache == "disk":
+            # Plain tensors only (track_meta=False): the cache is read back with weights_only=True.
             return PersistentDataset(items, pipeline, cache_dir=self._persistent_dir(part), hash_func=_file_hash,
-                                     weights_only=False)  # our own cache: MetaTensors and class locations
+                                     track_meta=False, weights_only=True)
         if cache in ("none", "None", "False"):
             return Dataset(items, pipeline)
         raise ConfigError(f"data.cache={cache!r} is unknown; use memory, disk or none")
@@ -350,32 +414,51 @@ class SegmentationDataModule(LightningDataModule):
         self.train_set = self._dataset(self.train_cases, train, "train")
         self.val_set = self._dataset(self.val_cases, val, "val")
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool):
-        from monai.data import DataLoader
-
+    def train_dataloader(self):
+        per_epoch = int(self.cfg.get("patches_per_epoch") or len(self.train_set))
+        dataset = _Repeat(self.train_set, per_epoch, self.seed)
+        world, rank = _world()
         workers = int(self.cfg.get("num_workers", 0))
-        return DataLoader(
+        self._train_loader = ResumableLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batch_size=int(self.cfg.batch_size),
+            sampler=EpochSampler(dataset, self.seed, num_replicas=world, rank=rank),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=bool(self.cfg.get("pin_memory", False)),
             collate_fn=collate_patches,
         )
+        if self._resume_position:
+            self._train_loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        return self._train_loader
 
-    def train_dataloader(self):
-        per_epoch = self.cfg.get("patches_per_epoch") or len(self.train_set)
-        return self._loader(_Repeat(self.train_set, int(per_epoch)), int(self.cfg.batch_size), shuffle=True)
+    # The training position travels in checkpoints twice: Lightning saves the loader's state, but
+    # restores it only when it builds the loader after the restore; a schedule whose length follows
+    # the run (estimated_stepping_batches) builds it before. The data module is restored before
+    # either, so it hands the position to the loader it builds (setting it twice is harmless).
+    def state_dict(self) -> dict:
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_position = state_dict.get("train_position")
 
     def val_dataloader(self):
         from monai.data import DataLoader
 
         dataset, sampler = self.val_set, None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dataset = _PaddedShards(self.val_set, dist.get_world_size())
-            sampler = _ShardSampler(dataset, dist.get_world_size(), dist.get_rank())
+        world, rank = _world()
+        if world > 1:
+            dataset = _PaddedShards(self.val_set, world)
+            sampler = _ShardSampler(dataset, world, rank)
         return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=int(self.cfg.get("num_workers", 0)))
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the DDP process group, (1, 0) outside DDP."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 class _PaddedShards:

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import zlib
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -30,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from segtrain.checkpoints import write_text_atomic
 from segtrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
-PREFLIGHT_VERSION = 2          # bump when the checks or the cached fields change
+PREFLIGHT_VERSION = 3          # bump when the checks or the cached fields change
+MAX_INTENSITY = 1e30           # larger magnitudes overflow float32 sums and squares (max ~3.4e38) in normalisation and the network
 INTENSITY_SAMPLES_PER_CASE = 2000  # foreground voxels sampled per case and channel (with replacement)
 CHUNK = 1 << 22                # voxels per chunk: bounds the temporary memory of the checks
 TINY_FOREGROUND = 0.01         # below this share of voxels, the report suggests imbalance-aware losses
@@ -123,8 +124,8 @@ class DatasetReport:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "dataset_report.json").write_text(json.dumps(self.to_dict(), indent=2))
-        (directory / "dataset_report.txt").write_text(self.summary() + "\n")
+        write_text_atomic(directory / "dataset_report.json", json.dumps(self.to_dict(), indent=2))
+        write_text_atomic(directory / "dataset_report.txt", self.summary() + "\n")
 
 
 # -- reading headers and voxels ----------------------------------------------------------------
@@ -398,7 +399,12 @@ def check_voxels(case: dict, headers: tuple[_Header, list[_Header]], settings: C
                     raise DataError(f"{header.path}: image contains NaN or Inf intensities ({bad}+ voxels); replace them "
                                     "(e.g. with the minimum intensity) before training")
                 low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
-            ranges.append(sorted([low * slope + inter, high * slope + inter]))
+            scaled = sorted([low * slope + inter, high * slope + inter])
+            if max(abs(scaled[0]), abs(scaled[1])) > MAX_INTENSITY:
+                raise DataError(f"{header.path}: intensities reach {max(scaled, key=abs):.3g}, beyond +-{MAX_INTENSITY:.0e}, where "
+                                "float32 arithmetic overflows to Inf/NaN during training; rescale the image (or fix its "
+                                "scl_slope/scl_inter header) before training")
+            ranges.append(scaled)
             values = data[coordinates].astype(np.float64) * slope + inter if coordinates is not None else np.zeros(0)
             samples.append(values.astype(np.float32))
     info = CaseInfo(case["id"], list(label_header.shape), _spacing(label_header.affine, settings.spatial_dims),
@@ -482,12 +488,8 @@ class _PreflightCache:
     def save(self) -> None:
         if self.path is None:
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".preflight-", dir=self.path.parent)
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"version": PREFLIGHT_VERSION, "cases": self.entries}, handle)
-            os.replace(tmp, self.path)  # atomic: concurrent ranks never read half a file
+        try:  # atomic: concurrent ranks never read half a file
+            write_text_atomic(self.path, json.dumps({"version": PREFLIGHT_VERSION, "cases": self.entries}))
         except OSError as err:
             log.warning("preflight: could not write the cache %s (%s)", self.path, err)
 
