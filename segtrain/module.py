@@ -254,7 +254,9 @@ class SegmentationModule(LightningModule):
                 for group, rate in zip(scheduler.optimizer.param_groups, rates):
                     group["lr"] = rate
                 scheduler._last_lr = list(rates)
-            log.info("segtrain: the learning-rate schedule now runs to %s (was %s) for the new run length", changed, old)
+            unit = "steps" if self.scheduler_interval == "step" else "epochs"
+            log.info("segtrain: the learning-rate schedule now spans %s %s (was %s) for the new run length",
+                     max(changed.values()), unit, max(old.values()))
 
 def _as_tensor(x: Tensor) -> Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else x

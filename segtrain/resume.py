@@ -47,10 +47,19 @@ def newest_resume_point(run_dir: Path) -> Path | None:
 
 
 def _split(item: str) -> tuple[str, str] | None:
+    """``key=value`` → (key, value without surrounding quotes); None for flags."""
     if item.startswith("-") or "=" not in item:
         return None
     key, value = item.split("=", 1)
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
     return key.lstrip("+~"), value
+
+
+def _quoted(path: Path) -> str:
+    """A path as a Hydra override value: quoted, since run folders are named ``..._loss=tversky,loss.alpha=0.3``."""
+    text = str(path)
+    return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -96,11 +105,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
     choices = checkpoint["segtrain"].get("choices") or {}
     out = [f"{group}={choice}" for group, choice in choices.items() if group not in given]
     out += [a for a in argv if (_split(a) or ("",))[0] not in ("resume", "resume.dir", "ckpt_path")]
-    out.append(f"ckpt_path={ckpt_file}")
+    out.append(f"ckpt_path={_quoted(ckpt_file)}")
     if run_dir is not None:
-        out.append(f"resume.dir={run_dir}")
+        out.append(f"resume.dir={_quoted(run_dir)}")
         if not given_dir:
-            out.append(f"hydra.run.dir={run_dir}")
+            out.append(f"hydra.run.dir={_quoted(run_dir)}")
         if not any(a.startswith("hydra.output_subdir=") for a in argv):
             stamp = time.time()
             out.append(f"hydra.output_subdir=.hydra/resumed/{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(stamp))}"

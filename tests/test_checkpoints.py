@@ -285,19 +285,35 @@ def _run_dir(root: Path, *checkpoints: str) -> Path:
 
 
 def test_prepare_argv_resumes_in_the_run_directory_from_its_newest_checkpoint(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from segtrain.resume import prepare_argv
+
+    def parsed(argv):
+        return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(prepare_argv(argv))}
 
     run = _run_dir(tmp_path / "run", "last.ckpt", "interrupted.ckpt")
     argv = prepare_argv(["loss=dice", f"resume={run}", "trainer.max_epochs=9"])
     assert argv[:3] == ["data=nifti", "loss=dice", "trainer.max_epochs=9"]  # the run's groups, unless typed
-    assert f"ckpt_path={run / 'checkpoints' / 'interrupted.ckpt'}" in argv
-    assert f"hydra.run.dir={run}" in argv and f"resume.dir={run}" in argv
-    assert any(a.startswith("hydra.output_subdir=.hydra/resumed/") for a in argv)
-    assert f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}" in prepare_argv([f"ckpt_path={run}/checkpoints/last.ckpt"])
-    assert f"resume.dir={run}" in prepare_argv(["ckpt_path=last", f"hydra.run.dir={run}"])
-    elsewhere = prepare_argv([f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 'new'}"])
-    assert not any(a.startswith("resume.dir=") for a in elsewhere)  # a new run that starts from the checkpoint
+    values = parsed(["loss=dice", f"resume={run}", "trainer.max_epochs=9"])
+    assert values["ckpt_path"] == str(run / "checkpoints" / "interrupted.ckpt")  # the newer one
+    assert values["hydra.run.dir"] == str(run) and values["resume.dir"] == str(run)
+    assert values["hydra.output_subdir"].startswith(".hydra/resumed/")
+    assert parsed([f"ckpt_path={run}/checkpoints/last.ckpt"])["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
+    assert parsed(["ckpt_path=last", f"hydra.run.dir={run}"])["resume.dir"] == str(run)
+    elsewhere = parsed([f"ckpt_path={run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 'new'}"])
+    assert "resume.dir" not in elsewhere  # a new run that starts from the checkpoint
     assert prepare_argv(["loss=dice"]) == ["loss=dice"]
+
+
+def test_prepare_argv_quotes_run_folders_named_after_overrides(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from segtrain.resume import prepare_argv
+
+    run = _run_dir(tmp_path / "2026-11-21_10-00-00_loss=tversky,loss.alpha=0.3", "last.ckpt")
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(prepare_argv([f"resume={run}"]))}
+    assert parsed["hydra.run.dir"] == str(run) and parsed["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
 
 
 @pytest.mark.parametrize("argv, expected", [

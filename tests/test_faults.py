@@ -177,7 +177,7 @@ def test_resume_takes_the_run_config_and_refuses_a_different_loss(tmp_path, cach
 
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     proc = ok(run_cli([f"resume={run}", "trainer.max_epochs=4"], tmp_path, cache_dir))
-    assert "finished 4 epoch(s), 32 steps" in proc.stdout and "schedule now runs to" in proc.stdout
+    assert "finished 4 epoch(s), 32 steps" in proc.stdout and "schedule now spans 32 steps (was 16)" in proc.stdout
     after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     changed = [k for k, v in last["state_dict"].items() if k.startswith("net.") and not torch.equal(v, after["state_dict"][k])]
     assert changed  # it trained: the weights moved
