@@ -49,6 +49,25 @@ def fail(err: Exception) -> None:
 
 
 _typed_overrides: list[str] | None = None  # what the user typed, before main() added the resume settings
+_existing_run_dir: str | None = None       # hydra.run.dir as given, when that folder existed before this launch
+
+
+def _run_folder_is_new(output_dir: Path) -> bool:
+    """True when Hydra made ``output_dir`` for this launch: nothing in it but its own records."""
+    if _existing_run_dir and Path(_existing_run_dir).expanduser().resolve() == output_dir.resolve():
+        return False
+    return output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "train.log"}
+
+
+def _discard_run_folder(output_dir: Path) -> None:
+    """A run refused before training leaves nothing behind: its new folder goes, or a resume's launch record."""
+    import shutil
+
+    from segtrain.resume import discard_launch_record
+
+    discard_launch_record()
+    if output_dir.is_dir():
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -59,13 +78,18 @@ def _train_app(cfg: DictConfig) -> float | None:
 
     quiet_known_warnings()
     overrides = _typed_overrides if _typed_overrides is not None else list(HydraConfig.get().overrides.task)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    new_folder = _run_folder_is_new(output_dir)
     try:
         metrics = train(cfg, overrides=overrides)
     except SegtrainError as err:
-        if getattr(err, "before_training", False):  # refused: a resume leaves no record of this launch
-            from segtrain.resume import discard_launch_record
+        if getattr(err, "before_training", False):
+            if new_folder:
+                _discard_run_folder(output_dir)
+            else:
+                from segtrain.resume import discard_launch_record
 
-            discard_launch_record()
+                discard_launch_record()
         fail(err)
     except KeyboardInterrupt:
         print("segtrain: stopped: Ctrl-C before training started; nothing to save", file=sys.stderr)
@@ -115,7 +139,7 @@ def check_output_folder(argv: list[str]) -> None:
 
 def main() -> None:
     """``segtrain k=v ...``: train; ``segtrain resume=<run dir>`` continues a run in its own directory."""
-    global _typed_overrides
+    global _typed_overrides, _existing_run_dir
     import json
 
     from segtrain.resume import prepare_argv, user_overrides
@@ -127,12 +151,18 @@ def main() -> None:
         _typed_overrides = json.loads(inherited)
         _train_app()
         return
+    from segtrain.config_check import check_command_line
+
     try:
         argv = prepare_argv(sys.argv[1:])
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP workers share rank 0's folder, already checked
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP workers run rank 0's command line, already checked
+            check_command_line(argv, config_dir(), "train")
             check_output_folder(argv)
     except SegtrainError as err:
         fail(err)
+    given = [a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")]
+    if given and Path(given[-1]).expanduser().exists():
+        _existing_run_dir = given[-1]
     if argv != sys.argv[1:]:  # a resume: only what the user typed counts as a change to the run
         _typed_overrides = user_overrides(sys.argv[1:])
         os.environ["SEGTRAIN_TYPED_OVERRIDES"] = json.dumps(_typed_overrides)  # for DDP workers
@@ -153,7 +183,13 @@ def _predict_app(cfg: DictConfig) -> None:
 
 def predict_main() -> None:
     """``segtrain-predict ckpt_path=... input=...``: segment new images with a trained checkpoint."""
+    from segtrain.config_check import check_command_line
+
     quiet_known_warnings()
+    try:
+        check_command_line(sys.argv[1:], config_dir(), "predict")
+    except SegtrainError as err:
+        fail(err)
     _predict_app()
 
 

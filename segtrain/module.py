@@ -24,6 +24,7 @@ from segtrain.losses.deep_supervision import DeepSupervisionLoss
 from segtrain.metrics import OverlapMetrics, class_argmax
 
 log = logging.getLogger("segtrain")
+table_log = logging.getLogger("segtrain.table")  # the per-epoch table, for the run's log file
 
 
 def main_output(output: Tensor | Sequence[Tensor]) -> Tensor:
@@ -88,7 +89,7 @@ class SegmentationModule(LightningModule):
         # Scheduled losses (e.g. boundary's alpha) advance once per epoch; their values are logged.
         values = self.loss.loss.on_epoch_start(self.current_epoch) if hasattr(self.loss.loss, "on_epoch_start") else {}
         for name, value in values.items():
-            self.log(f"loss/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False)
+            self.log(f"loss/{name}", float(value), on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -138,12 +139,17 @@ class SegmentationModule(LightningModule):
 
     def _print_epoch_line(self) -> None:
         columns = ("train/loss_epoch", "train/dice", "val/loss", "val/dice", "val/iou")
+        lines = []
         if not self._header_printed:
-            self.print("epoch | " + " | ".join(f"{c.replace('_epoch', ''):>10}" for c in columns))
+            lines.append("epoch | " + " | ".join(f"{c.replace('_epoch', ''):>10}" for c in columns))
             self._header_printed = True
         values = [self.last_epoch_metrics.get(c) for c in columns]
         cells = ["-" if v is None else f"{v:.4f}" for v in values]
-        self.print(f"{self.current_epoch:5d} | " + " | ".join(f"{c:>10}" for c in cells))
+        lines.append(f"{self.current_epoch:5d} | " + " | ".join(f"{c:>10}" for c in cells))
+        for line in lines:  # above the progress bar on the console, and into train.log
+            self.print(line)
+            if self.trainer.is_global_zero:
+                table_log.info(line)
 
     # -- validation: whole cases, sliding window ------------------------------------------------
     def predict_logits(self, image: Tensor) -> Tensor:
@@ -177,9 +183,10 @@ class SegmentationModule(LightningModule):
         for index, name in enumerate(self.class_names[1:]):
             metrics[f"val/dice/{name}"] = scores["dice"].reshape(-1)[index]  # torchmetrics squeezes size-1 outputs
             metrics[f"val/iou/{name}"] = scores["iou"].reshape(-1)[index]
-        # Values are already global: no further reduction across ranks.
-        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
-        self.log("val_dice", metrics["val/dice"].float(), prog_bar=True, logger=False, sync_dist=False)
+        # The values are already global, the same on every rank: the max over ranks changes nothing (and keeps
+        # Lightning from warning that epoch values should be synced).
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=True, reduce_fx="max")
+        self.log("val_dice", metrics["val/dice"].float(), prog_bar=True, logger=False, sync_dist=True, reduce_fx="max")
         self.val_metrics.reset()
         self.val_loss.reset()
         if not self.trainer.sanity_checking:

@@ -28,8 +28,22 @@ def _suffix(path: Path) -> str:
     return next((s for s in VOLUME_SUFFIXES + IMAGE_SUFFIXES if name.endswith(s)), "")
 
 
-def list_inputs(source: str | Path, in_channels: int) -> list[tuple[str, list[str]]]:
-    """(case id, channel files) for a file, a folder, or a dataset root (imagesTs/, imagesTr/, images/)."""
+def list_inputs(source, in_channels: int) -> list[tuple[str, list[str]]]:
+    """(case id, channel files) for a file, a folder, a dataset root (imagesTs/, imagesTr/, images/), or a list of these.
+
+    Raises:
+        DataError: a missing input, a folder without images, a case without all its channels, or two
+            inputs with the same case id (their predictions would overwrite each other).
+    """
+    if not isinstance(source, (str, Path)):  # input=[a.nii.gz,b.nii.gz] (a list from the command line)
+        cases = [case for item in source for case in list_inputs(item, in_channels)]
+        seen: dict[str, str] = {}
+        for case_id, files in cases:
+            if case_id in seen:
+                raise DataError(f"input: {seen[case_id]} and {files[0]} are both case {case_id}; their predictions "
+                                "would overwrite each other, so predict them separately")
+            seen[case_id] = files[0]
+        return cases
     path = Path(source).expanduser()
     if path.is_file():
         if in_channels != 1:

@@ -14,12 +14,25 @@ from segtrain.errors import ConfigError, SegtrainError
 
 log = logging.getLogger("segtrain")
 
+# Lightning's info lines that a segtrain run replaces or that say nothing actionable
+LIGHTNING_NOISE = ("💡", "`Trainer.fit` stopped", "Loading `train_dataloader` to estimate", "TPU available",
+                   "HPU available", "Restored all states from the checkpoint")
 
-def flat_params(cfg: DictConfig) -> dict[str, Any]:
+
+def _rank() -> int:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
+def flat_params(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """The run's parameters as flat ``group.key`` → scalar, for the HParams tab.
 
     Every loss, model, optim, data (synthetic generator included) and inference parameter, the
     trainer settings that change results, and the seed; lists become strings, ``None`` "null".
+    ``overrides``: what the command line set (in a sweep: the swept and the fixed ones) also appear
+    first as ``(set) <key>`` (a group choice as ``(set) loss`` → ``tversky``): TensorBoard sorts the
+    HParams columns by name and shows the first few, so these and ``hp/best_val_dice`` lead the table.
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     container = {k: resolved[k] for k in ("loss", "model", "optim", "data", "inference") if k in resolved}
@@ -37,7 +50,16 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
             out[prefix] = node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
 
     walk("", container)
-    return {k: ("null" if v is None else v) for k, v in out.items()}
+    out = {k: ("null" if v is None else v) for k, v in out.items()}
+    first: dict[str, Any] = {}
+    choices = _group_choices()
+    for override in overrides or []:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in choices and key not in out:
+            first[f"(set) {key}"] = choices[key]
+        elif key in out:
+            first[f"(set) {key}"] = out[key]
+    return {**first, **out}
 
 
 def build_trainer(cfg: DictConfig):
@@ -47,8 +69,9 @@ def build_trainer(cfg: DictConfig):
     non-finite guard (``guard.*``) and the graceful stop on SIGTERM/SIGUSR1/Ctrl-C.
     """
     from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     from segtrain.callbacks.guard import NonFiniteGuard
     from segtrain.callbacks.interrupt import GracefulStop
@@ -65,12 +88,14 @@ def build_trainer(cfg: DictConfig):
     logger = False if logger_flag is False or not loggers else loggers
     if kwargs.get("fast_dev_run"):
         callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+    if kwargs.get("enable_progress_bar") is False:  # the bar is off: so is segtrain's progress callback
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     guard = OmegaConf.to_container(cfg.get("guard") or {}, resolve=True)
     try:
         callbacks += [NonFiniteGuard(**guard), GracefulStop(Path(cfg.paths.output_dir) / "checkpoints")]
         return Trainer(**kwargs, callbacks=callbacks, logger=logger, plugins=[*plugins, SafeCheckpointIO()])
-    except (ValueError, TypeError, RuntimeError) as err:  # MisconfigurationException is a ValueError
-        raise ConfigError(f"invalid trainer setting: {str(err).splitlines()[0]}") from err
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as err:
+        raise ConfigError(f"invalid trainer setting: {str(err).splitlines()[0]}") from None
 
 
 def build_optim(optim_cfg: DictConfig):
@@ -91,16 +116,21 @@ def build_optim(optim_cfg: DictConfig):
         trial = optimizer(params=[torch.nn.Parameter(torch.zeros(1))])
         part = "optim.scheduler"
         scheduler = instantiate(optim_cfg.scheduler) if optim_cfg.get("scheduler") else None
-        if scheduler is not None:
+        if scheduler is not None:  # built and stepped to its end on a two-step run
             keywords = getattr(scheduler, "keywords", {})
-            scheduler(optimizer=trial, **{k: 1 for k in ("total_iters", "T_max") if k in keywords and keywords[k] is None})
+            trial_scheduler = scheduler(optimizer=trial, **{k: 2 for k in ("total_iters", "T_max")
+                                                            if k in keywords and keywords[k] is None})
+            for _ in range(2):
+                trial.step()
+                trial_scheduler.step()
     except Exception as err:  # noqa: BLE001 - hydra wraps any import/arg error; torch raises ValueError/TypeError
         target = OmegaConf.select(optim_cfg, f"{part.split('.')[1]}._target_", default="?")
         raise ConfigError(f"{part} ({target}) is invalid: {' '.join(str(err).split())[:300]}") from None
     return optimizer, scheduler, interval
 
 
-def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None = None):
+def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None = None,
+                 overrides: list[str] | None = None):
     from segtrain.models import build_model, check_patch_size
     from segtrain.module import SegmentationModule
 
@@ -118,7 +148,7 @@ def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None
         scheduler=scheduler,
         scheduler_interval=interval,
         inference=inference,
-        hparams=flat_params(cfg),
+        hparams=flat_params(cfg, overrides),
         run_config={
             "config": OmegaConf.to_container(cfg, resolve=True),
             "config_source": OmegaConf.to_container(cfg, resolve=False),  # what a resume starts from
@@ -220,10 +250,16 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
             anything was trained or written besides the run folder's reports.
     """
     started = time.perf_counter()
-    # Lightning attaches its own console handler; Hydra's handlers (console + run log file) suffice.
-    logging.getLogger("lightning").handlers.clear()
-    # ...and drops its advertising "💡 Tip" line, which tells a segtrain user nothing actionable.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: not str(record.msg).startswith("💡"))
+    # Lightning attaches its own console handlers on import; Hydra's handlers (console + run log file) suffice.
+    import lightning.pytorch  # noqa: F401 - imported here so that its handlers exist before they are removed
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+    # ...and drops Lightning's lines that tell a segtrain user nothing actionable (segtrain says it better).
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith(LIGHTNING_NOISE))
+    if _rank() != 0:  # DDP workers: what rank 0 prints (dataset report, preflight) is said once
+        logging.getLogger("segtrain").setLevel(logging.WARNING)
     try:
         cfg, data, module, trainer = prepare(cfg, overrides or [])
     except SegtrainError as err:
@@ -257,19 +293,21 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     seed_everything(cfg.seed, workers=True, verbose=False)
     loss = build_loss_from_config(cfg.loss)
     build_optim(cfg.optim)
+    trainer = build_trainer(cfg)  # trainer settings (devices, precision, strategy) checked before preflight
     # preflight: every case validated before training
     data = build_datamodule(cfg.data, output_dir, label_maps=getattr(loss, "label_maps", {}), seed=cfg.seed)
     if checkpoint is not None:
         check_same_cases(cfg, checkpoint, data)
     split = {"train": [c["id"] for c in data.train_cases], "val": [c["id"] for c in data.val_cases]}
-    module = build_module(cfg, data.spec, loss, split)
-    trainer = build_trainer(cfg)
+    module = build_module(cfg, data.spec, loss, split, overrides)
     resume_dir = OmegaConf.select(cfg, "resume.dir", default=None)
     if checkpoint is not None and resume_dir and Path(resume_dir).resolve() == output_dir.resolve() and trainer.is_global_zero:
         state = checkpoint.get("segtrain_state", {})
         if state.get("events_wall_time") is not None:
             for folder in sorted({path.parent for path in event_files(output_dir)}):
                 truncate_events(folder, float(state["events_wall_time"]))
+    trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    log.info("model: %s, %s trainable parameters; loss: %s", cfg.model.get("_target_", "?"), f"{trainable:,}", cfg.loss.name)
     for logger in trainer.loggers:  # HParams: every parameter, best and final val/dice, val/iou, val/loss
         logger.log_hyperparams(module.hparams["run"], metrics={name: float("nan") for name in hparam_metric_names()})
     return cfg, data, module, trainer
@@ -318,7 +356,7 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
             epoch = "" if checkpoint.last_epoch_saved is None else f", epoch {checkpoint.last_epoch_saved}"
             lines.append(f"  checkpoints: {checkpoint.best_model_path or '-'} (best), {last} (last{epoch})")
         lines.append(f"  run directory: {output_dir}")
-        if trainer.loggers:
-            lines.append(f"  TensorBoard: tensorboard --logdir {output_dir}")
+        if trainer.loggers:  # the folder of all runs (of a sweep: its multirun folder), to compare them
+            lines.append(f"  TensorBoard: tensorboard --logdir {output_dir.parent}   (this run: {output_dir.name})")
         log.info("\n".join(lines))
     return metrics

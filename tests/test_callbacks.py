@@ -25,6 +25,8 @@ def test_pick_slice_prefers_label_then_prediction_then_middle():
 
 
 def test_render_overlay_panels_and_colours():
+    from segtrain.callbacks.overlays import GAP, HEADER
+
     image = torch.linspace(0, 1, 64).reshape(1, 8, 8)
     label = torch.zeros(8, 8, dtype=torch.long)
     pred = torch.zeros(8, 8, dtype=torch.long)
@@ -32,14 +34,20 @@ def test_render_overlay_panels_and_colours():
     pred[2:4, 2:4] = 1
     pred[3, 3] = 0
     pred[6, 6] = 1  # FP
-    out = render_overlay(image, label, pred, min_size=8)
-    assert out.shape == (3, 8, 4 * 8 + 3) and 0 <= out.min() and out.max() <= 1
-    errors = out[:, :, 27:]
+    out = render_overlay(image, label, pred, min_size=8, titles=False)
+    assert out.shape == (3, 2 * 8 + GAP, 2 * 8 + GAP) and 0 <= out.min() and out.max() <= 1  # a 2x2 grid
+    errors = out[:, 8 + GAP:, 8 + GAP:]
     assert errors[1, 2, 2] > 0.7 and errors[0, 2, 2] < 0.3  # TP green
     assert errors[0, 6, 6] > 0.7 and errors[1, 6, 6] < 0.3  # FP red
     assert errors[2, 3, 3] > 0.7 and errors[0, 3, 3] < 0.3  # FN blue
-    assert torch.equal(out[:, :, :8], out[:, :, :8][0:1].expand(3, 8, 8))  # the image panel is grey
-    assert render_overlay(image, label, pred, min_size=32).shape == (3, 32, 4 * 32 + 12)  # small slices enlarged
+    assert torch.equal(out[:, :8, :8], out[:, :8, :8][0:1].expand(3, 8, 8))  # the image panel is grey
+    big = render_overlay(image, label, pred, min_size=64)  # small slices enlarged, titled
+    assert big.shape == (3, 2 * (HEADER + 64) + GAP, 2 * 64 + GAP)
+    band = big[:, :HEADER, :64]
+    assert (band < 0.5).any() and (band > 0.9).any()  # dark title text on white
+    legend = big[:, HEADER + 64 + GAP: 2 * HEADER + 64 + GAP, 64 + GAP:]
+    greenish = (legend[1] > 0.6) & (legend[0] < 0.4)
+    assert greenish.any()  # "TP" in green in the errors panel's title
 
 
 def test_display_slice_orients_3d_and_2d_cases():
@@ -80,7 +88,9 @@ def test_overlays_keep_the_first_cases_by_id_and_log_them_sorted():
         callback.on_validation_batch_end(trainer, None, outputs, {}, batch_idx)
     callback.on_validation_epoch_end(trainer, None)
     assert [(tag, step) for tag, _, step in writer.images] == [("val_overlays/case_0", 7), ("val_overlays/case_1", 7)]
-    assert writer.images[0][1] == (3, 8, 4 * 8 + 3)
+    from segtrain.callbacks.overlays import GAP, HEADER
+
+    assert writer.images[0][1] == (3, 2 * (HEADER + 8) + GAP, 2 * 8 + GAP)  # four titled 8x8 panels, 2x2
     # Not every epoch when asked, never during the sanity check, never on other ranks.
     writer.images.clear()
     for attr, value in (("current_epoch", 1), ("sanity_checking", True), ("is_global_zero", False)):
@@ -95,17 +105,24 @@ def test_overlays_keep_the_first_cases_by_id_and_log_them_sorted():
 
 
 # -- custom scalars ------------------------------------------------------------------------------------------
-def test_layout_puts_loss_and_dice_on_shared_charts():
-    charts = default_layout()["segtrain"]
+def test_layout_keeps_losses_and_dice_on_separate_charts_per_split():
+    layout = default_layout()
+    charts = {title: chart for category in layout.values() for title, chart in category.items()}
     assert all(kind == "Multiline" for kind, _ in charts.values())
+    tags = ["train/loss", "train/loss_epoch", "train/dice", "val/loss", "val/dice", "val/iou", "val/dice/sphere"]
 
     def tags_of(title):
-        return [t for t in ["train/loss_epoch", "train/dice", "val/loss", "val/dice", "val/iou", "val/dice/sphere"]
-                if any(re.match(rx, t) for rx in charts[title][1])]
+        return [t for t in tags if any(re.match(rx, t) for rx in charts[title][1])]
 
-    assert tags_of("Loss and Dice/IoU (val, whole cases)") == ["val/loss", "val/dice", "val/iou"]
+    assert list(layout) == ["segtrain: validation (whole cases)", "segtrain: training (patches)",
+                            "segtrain: comparisons and diagnostics"]
+    assert tags_of("val loss") == ["val/loss"] and tags_of("val Dice") == ["val/dice"] and tags_of("val IoU") == ["val/iou"]
+    assert tags_of("train loss (per step)") == ["train/loss"] and tags_of("train Dice (patches)") == ["train/dice"]
     assert tags_of("Dice: train patches vs val whole cases") == ["train/dice", "val/dice"]
-    assert tags_of("Dice per class (val)") == ["val/dice/sphere"]
+    assert tags_of("val Dice per class") == ["val/dice/sphere"]
+    losses, dice = {"train/loss", "train/loss_epoch", "val/loss"}, {"train/dice", "val/dice", "val/iou", "val/dice/sphere"}
+    for title in charts:  # no chart puts a loss and a Dice on one axis, but the one that compares losses
+        assert not (set(tags_of(title)) & losses and set(tags_of(title)) & dice), title
     writer = _Writer()
     MetricsLayout().on_fit_start(_Trainer(writer), None)
     assert writer.layouts == [default_layout()]
@@ -134,6 +151,8 @@ def test_run_names_put_the_loss_first_and_stay_valid_directory_names():
     assert len(name) <= MAX_LENGTH and "/" not in name and name.startswith("loss=dice,model.channels=")
     assert re.search(r",\+\d+~[0-9a-f]{8}$", name)
     assert join_overrides([]) == ""
+    assert join_overrides([("data.label_mapping", "data.label_mapping={255: 1}")]) == "data.label_mapping=_255_1"
+    assert join_overrides([("x", "x='a b'/c:[1,2]")]) == "x=_a_b_c_1,2"
 
 
 # -- HParams -----------------------------------------------------------------------------------------------------
@@ -158,6 +177,18 @@ def test_flat_params_hold_every_loss_model_data_optim_parameter(cache_dir):
     assert params["loss.alpha"] == 0.7 and params["loss.beta"] == "null"
     assert params["data.synthetic.num_cases"] == 32 and params["model.channels"] == "[16, 32, 64, 128]"
     assert all(isinstance(v, (int, float, str, bool)) for v in params.values())
+
+
+def test_flat_params_put_the_overridden_ones_first(cache_dir, monkeypatch):
+    import segtrain.train as train
+
+    cfg = compose(["loss=tversky", "loss.alpha=0.7", "data.patch_size=[32,32,32]"], cache_dir=cache_dir)
+    monkeypatch.setattr(train, "_group_choices", lambda: {"loss": "tversky", "data": "synthetic3d"})
+    params = train.flat_params(cfg, ["loss=tversky", "loss.alpha=0.7", "data.patch_size=[32,32,32]"])
+    assert list(params)[:3] == ["(set) loss", "(set) loss.alpha", "(set) data.patch_size"]
+    assert params["(set) loss"] == "tversky" and params["(set) data.patch_size"] == "[32, 32, 32]"
+    assert params["loss.alpha"] == 0.7 and len(params) == len(train.flat_params(cfg)) + 3
+    assert sorted(params)[:3] == sorted(list(params)[:3])  # TensorBoard sorts by name: they stay first
 
 
 def test_hparam_metrics_best_and_final():

@@ -23,7 +23,7 @@ def ok(proc):
 def test_default_run_writes_everything_into_the_run_dir(tmp_path, cache_dir):
     run = tmp_path / "run"
     proc = ok(run_cli([*TINY_3D, "trainer.max_epochs=2", f"hydra.run.dir={run}"], tmp_path, cache_dir))
-    assert "best val/dice" in proc.stdout and f"tensorboard --logdir {run}" in proc.stdout
+    assert "best val/dice" in proc.stdout and f"tensorboard --logdir {run.parent}   (this run: {run.name})" in proc.stdout
     assert "val/dice" in proc.stdout and "val/iou" in proc.stdout  # per-epoch line
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
@@ -115,7 +115,7 @@ def test_multirun_sweeps_losses(tmp_path, cache_dir):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["loss=nope"], "Could not find 'loss/nope'"),
+        (["loss=nope"], "loss=nope: there is no loss 'nope'"),
         (["loss.name=nope"], "unknown loss 'nope'; available losses: balanced_ce, boundary, ce, combo"),
         (["loss=tversky", "loss.alpha=1.5"], "alpha=1.5 is out of range"),
         (["data=nifti", "data.root=/does/not/exist", "data.patch_size=[16,16,16]"], "data.root=/does/not/exist does not exist"),
@@ -130,7 +130,7 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, cache_dir, args,
     assert proc.returncode != 0
     assert expected in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # a run refused before training leaves no folder
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, cache_dir):

@@ -178,7 +178,10 @@ def test_healthy_dice_ce_run_is_not_flagged_and_logs_overlays_and_layout(tmp_pat
         if "val_overlays/case_000" in acc.Tags()["images"]:
             images = acc.Images("val_overlays/case_000")
     assert {"val_overlays/case_000", "val_overlays/case_007"} <= tags["images"]
-    assert len(images) == 12 and images[0].width == 4 * images[0].height + 3 * 4  # 4 panels, 1-px gaps (x4)
+    from segtrain.callbacks.overlays import GAP, HEADER
+
+    panel = (images[0].width - GAP) // 2  # four titled panels in a 2x2 grid
+    assert len(images) == 12 and images[0].height == 2 * (HEADER + panel) + GAP
     assert "custom_scalars__config__" in tags["tensors"]
     # HParams: every parameter, best and final metrics.
     hparams = read_hparams(run)

@@ -1,8 +1,8 @@
 """Image overlays of a few fixed validation cases, logged to TensorBoard after every validation.
 
-One image per case, tag ``val_overlays/<case id>``, four panels side by side:
-the image | the ground truth over it | the prediction over it | the errors
-(true positives green, false positives red, false negatives blue). Classes keep one colour in the
+One image per case, tag ``val_overlays/<case id>``, four titled panels in a 2×2 grid: the image |
+the ground truth over it ("truth") | the prediction over it | the errors (true positives green,
+false positives red, false negatives blue, with that legend in its title). Classes keep one colour in the
 ground-truth and prediction panels. The cases are the first ``num_cases`` validation cases by id
 (fixed across epochs); a 3D case shows the slice (along the last axis) with the most foreground
 in the label, or in the prediction when the label is empty (the middle slice when both are).
@@ -50,11 +50,19 @@ def _paint(base: Tensor, mask: Tensor, colour: Sequence[float], opacity: float) 
     return torch.where(mask.unsqueeze(0), (1 - opacity) * base + opacity * colour_t, base)
 
 
-def render_overlay(image: Tensor, label: Tensor, pred: Tensor, opacity: float = 0.5, show_errors: bool = True,
-                   min_size: int = 128) -> Tensor:
-    """(3, H', W') RGB panels in [0, 1] from a 2D ``image`` (C, H, W) and label maps ``label``, ``pred`` (H, W).
+PANEL_TITLES = ("image", "truth", "prediction", "errors")
+HEADER = 16  # pixels of the title band above each panel
+GAP = 2      # pixels between panels
 
-    Small slices are enlarged (nearest neighbour) so that the shorter side is at least ``min_size``.
+
+def render_overlay(image: Tensor, label: Tensor, pred: Tensor, opacity: float = 0.5, show_errors: bool = True,
+                   min_size: int = 128, titles: bool = True) -> Tensor:
+    """(3, H', W') RGB in [0, 1]: the panels image | truth | prediction | errors in a 2-column grid.
+
+    ``image`` (C, H, W) and label maps ``label``, ``pred`` (H, W). Small slices are enlarged (nearest
+    neighbour) so that the shorter side is at least ``min_size``. With ``titles``, each panel has
+    its name above it, and the errors panel its legend (TP green, FP red, FN blue). Two columns keep
+    the picture about as wide as tall, so it fits TensorBoard's image card.
     """
     grey = normalise(image.cpu())
     label, pred = label.cpu().long(), pred.cpu().long()
@@ -70,12 +78,49 @@ def render_overlay(image: Tensor, label: Tensor, pred: Tensor, opacity: float = 
         errors = _paint(errors, fg_pred & (pred != label), FP_COLOUR, 0.8)
         errors = _paint(errors, fg_label & ~fg_pred, FN_COLOUR, 0.8)
         panels.append(errors)
-    gap = torch.ones(3, grey.shape[1], 1)
-    out = torch.cat([t for p in panels for t in (p, gap)][:-1], dim=2)
     scale = max(1, -(-min_size // max(1, min(grey.shape[1:]))))
-    if scale > 1:
-        out = out.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-    return out
+    panels = [p.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2) for p in panels]
+    height, width = panels[0].shape[1:]
+    header = HEADER if titles else 0
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    canvas = torch.ones(3, rows * (header + height) + (rows - 1) * GAP, columns * width + (columns - 1) * GAP)
+    corners = []
+    for index, panel in enumerate(panels):
+        top = (index // columns) * (header + height + GAP)
+        left = (index % columns) * (width + GAP)
+        canvas[:, top + header: top + header + height, left: left + width] = panel
+        corners.append((left, top))
+    return _write_titles(canvas, corners, width) if titles else canvas
+
+
+def _write_titles(canvas: Tensor, corners: list[tuple[int, int]], width: int) -> Tensor:
+    """Each panel's title (and the errors legend) in the band above it, black on white."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.fromarray((canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    try:
+        font = ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1: the small bitmap font
+        font = ImageFont.load_default()
+    legend = (("TP", TP_COLOUR), ("FP", FP_COLOUR), ("FN", FN_COLOUR))
+    for title, (left, top) in zip(PANEL_TITLES, corners):
+        x = left + 2
+        if title == "errors":  # "errors: TP FP FN", or the coloured legend alone where the panel is narrow
+            needed = draw.textlength("errors: " + " ".join(name for name, _ in legend), font=font)
+            if needed <= width - 2:
+                draw.text((x, top + 1), "errors:", fill=(0, 0, 0), font=font)
+                x += draw.textlength("errors: ", font=font)
+            for name, colour in legend:
+                if x + draw.textlength(name, font=font) > left + width:
+                    break
+                draw.text((x, top + 1), name, fill=tuple(int(255 * c) for c in colour), font=font)
+                x += draw.textlength(name + " ", font=font)
+        else:
+            draw.text((x, top + 1), title, fill=(0, 0, 0), font=font)
+    return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 def display_slice(image: Tensor, label: Tensor, pred: Tensor) -> tuple[Tensor, Tensor, Tensor]:

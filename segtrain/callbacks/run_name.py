@@ -1,15 +1,19 @@
 """Run names from the command-line overrides, for run directories (and so TensorBoard run names).
 
-``segtrain loss=tversky loss.alpha=0.7`` runs in ``.../runs/<time>_loss=tversky,loss.alpha=0.7``;
-``segtrain -m loss=dice,tversky`` puts its jobs in ``<sweep dir>/0_loss=dice``, ``1_loss=tversky``:
-a multirun names its jobs by the swept parameters only (the fixed ones are the same for all).
+``segtrain data=nifti data.root=/data/Task03_Liver loss=tversky loss.alpha=0.7`` runs in
+``.../runs/<time>_Task03_Liver_loss=tversky,loss.alpha=0.7``: the dataset (``data.root``'s folder
+name, else the ``data`` preset: ``synthetic3d``), then the overrides. ``segtrain -m loss=dice,tversky``
+puts its jobs in ``<sweep dir>/0_synthetic3d_loss=dice``, ``1_synthetic3d_loss=tversky``: a multirun
+names its jobs by the swept parameters only (the fixed ones are the same for all).
 
 This is a *Hydra* callback (``hydra.callbacks`` in ``configs/train.yaml``), not a Lightning one:
 Hydra instantiates it before it resolves the run directory, and it registers the resolver
 ``${segtrain.run_name:}`` that ``hydra.run.dir`` and ``hydra.sweep.subdir`` use. The name follows
 Hydra's ``override_dirname`` (``key=value`` joined by ``,``, group choices and loss parameters first, without the keys listed in
-``hydra.job.config.override_dirname.exclude_keys``), with ``/`` replaced by ``_`` and names longer
-than ``MAX_LENGTH`` shortened (whole items dropped, replaced by ``+N~<hash>``), so that any command line gives a valid directory name.
+``hydra.job.config.override_dirname.exclude_keys``), with every character but letters, digits and
+``. = , + ~ @ % - _`` replaced by ``_`` (no spaces, braces, quotes or slashes: ``data.label_mapping={255: 1}``
+gives ``data.label_mapping=_255_1``) and names longer than ``MAX_LENGTH`` shortened (whole items
+dropped, replaced by ``+N~<hash>``), so that any command line gives a safe directory name.
 ``hydra.run.dir=DIR`` still puts everything in ``DIR``.
 """
 
@@ -41,10 +45,16 @@ def _priority(key: str) -> tuple[int, str]:
     return ({"loss": 1, "model": 2, "optim": 3, "data": 4}.get(group, 5), key)
 
 
+def safe_name(text: str) -> str:
+    """``text`` with only letters, digits and ``. = , + ~ @ % - _`` (no spaces, braces, quotes, slashes or colons)."""
+    return re.sub(r"_+", "_", re.sub(r"[^\w.=,+~@%-]", "_", text)).strip("_")
+
+
 def join_overrides(items: list[tuple[str, str]], max_length: int = MAX_LENGTH) -> str:
-    """A valid directory name from (key, "key=value") pairs: most telling first, no path separators, at most
-    ``max_length`` characters (whole items are dropped from the end and replaced by ``+N~<hash>``)."""
-    lines = [re.sub(r"[/\\\0]", "_", line).strip() for _, line in sorted(items, key=lambda item: _priority(item[0]))]
+    """A safe directory name from (key, "key=value") pairs: most telling first, no path separators, spaces,
+    braces or quotes, at most ``max_length`` characters (whole items are dropped from the end and replaced
+    by ``+N~<hash>``)."""
+    lines = [safe_name(line) for _, line in sorted(items, key=lambda item: _priority(item[0]))]
     name = ",".join(lines)
     if len(name) <= max_length:
         return name
@@ -58,8 +68,16 @@ def join_overrides(items: list[tuple[str, str]], max_length: int = MAX_LENGTH) -
     return ",".join([*kept, f"+{len(lines) - len(kept)}~{digest}"])[-max_length:]
 
 
+def dataset_name(overrides: list, choices: dict) -> str:
+    """The dataset of a run: the folder name of ``data.root`` when given, else the ``data`` preset (synthetic3d, ...)."""
+    for override in overrides:
+        if override.key_or_group == "data.root" and not override.is_sweep_override() and override.value():
+            return safe_name(str(override.value()).rstrip("/").rsplit("/", 1)[-1])
+    return safe_name(str(choices.get("data") or ""))
+
+
 def run_name() -> str:
-    """The current job's name from its overrides (empty when there are none)."""
+    """The current job's name: its dataset, then its overrides (``Task03_Liver_loss=tversky,loss.alpha=0.3``)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -70,11 +88,13 @@ def run_name() -> str:
     except Exception:  # noqa: BLE001 - never let naming break a run: fall back to Hydra's own name
         name = str(hc.job.override_dirname)
         return join_overrides([(name, name)])
-    keep = [o for o in overrides if o.key_or_group not in exclude]
+    dataset = dataset_name(overrides, dict(hc.runtime.choices))
+    keep = [o for o in overrides if o.key_or_group not in exclude and not (o.key_or_group == "data" and o.value() == dataset)]
     if hc.mode == RunMode.MULTIRUN and _swept_keys:
         swept = [o for o in keep if o.key_or_group in _swept_keys]
         keep = swept or keep
-    return join_overrides([(o.key_or_group, o.input_line) for o in keep])
+    name = join_overrides([(o.key_or_group, o.input_line) for o in keep], MAX_LENGTH - len(dataset) - 1)
+    return "_".join(part for part in (dataset, name) if part)
 
 
 def _suffixed(prefix: Any = "") -> str:

@@ -1,0 +1,136 @@
+"""The command line checked before Hydra starts: a typo is one line with the closest names, no run folder.
+
+Hydra reports an unknown option (``loss=tverksy``) with 27 lines and exit 1, and an unknown key
+(``loss.alhpa=0.3``) with advice to append it (``+loss.alhpa``), which is the wrong fix. Here the
+command line is composed once with Hydra's compose API (the same config folders, ``--config-dir``
+included) and each problem becomes a ``ConfigError`` naming the override, what exists and the
+nearest match:
+
+    loss=tverksy: there is no loss 'tverksy'; did you mean tversky? (segtrain-losses lists them)
+    loss.alhpa=0.3: loss 'tversky' has no parameter 'alhpa'; did you mean alpha? Its parameters: alpha, beta, ...
+
+A sweep (``-m loss=dice,tversky``) is checked option by option, and its keys with the first value.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from segtrain.errors import ConfigError
+
+HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--experimental-rerun")
+HYDRA_FLAGS_WITH_WORD = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--shell-completion", "-sc")  # job, hydra, ...
+
+
+def _config_dirs(argv: list[str], primary: str) -> tuple[list[Path], list[str]]:
+    """(search folders, the overrides of the command line): ``--config-dir DIR`` adds a folder."""
+    folders, overrides, i = [Path(primary)], [], 0
+    while i < len(argv):
+        item = argv[i]
+        name, _, inline = item.partition("=") if item.startswith("--") else (item, "", "")
+        if name in HYDRA_FLAGS_WITH_VALUE:
+            value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 1 if inline else 2
+            if name in ("--config-dir", "-cd") and value:
+                folders.insert(0, Path(value).expanduser())
+            continue
+        if name in HYDRA_FLAGS_WITH_WORD and i + 1 < len(argv) and "=" not in argv[i + 1] and not argv[i + 1].startswith("-"):
+            i += 2  # --cfg job, --info defaults, ...
+            continue
+        if not item.startswith("-"):
+            overrides.append(item)
+        i += 1
+    return folders, overrides
+
+
+def _options(folders: list[Path], group: str) -> list[str]:
+    found = set()
+    for folder in folders:
+        if (folder / group).is_dir():
+            found |= {p.stem for p in (folder / group).glob("*.yaml")}
+    return sorted(found)
+
+
+def _closest(word: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"did you mean {match[0]}? " if match else ""
+
+
+def _first_values(overrides: list) -> list[str]:
+    """Each override as ``key=value`` with a sweep's first value (``loss=dice,tversky`` → ``loss=dice``)."""
+    out = []
+    for override in overrides:
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()), None)
+            if first is None:
+                continue
+            out.append(f"{override.get_key_element()}={first}")
+        else:
+            out.append(override.input_line)
+    return out
+
+
+def check_command_line(argv: list[str], config_dir: str, config_name: str = "train") -> None:
+    """Raise ``ConfigError`` (one line) for an unknown config-group option or key on the command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    folders, items = _config_dirs(argv, config_dir)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=items)
+    except HydraException as err:
+        raise ConfigError(f"cannot read the command line: {' '.join(str(err).split())[:200]}") from None
+    for override in parsed:
+        group = override.key_or_group
+        if group.startswith("hydra") or not _options(folders, group) or override.is_delete():
+            continue  # a key, or Hydra's own settings
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if value is None or str(value) in _options(folders, group):
+                continue
+            options = _options(folders, group)
+            hint = " (segtrain-losses lists them)" if group == "loss" else ""
+            raise ConfigError(f"{group}={value}: there is no {group} '{value}'; {_closest(str(value), options)}"
+                              f"options: {', '.join(options)}{hint}")
+    _check_keys(folders, config_dir, config_name, _first_values(parsed))
+
+
+def _check_keys(folders: list[Path], config_dir: str, config_name: str, overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException, HydraException
+    from omegaconf import OmegaConf
+
+    composable = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    extra = [f"file://{folder.resolve()}" for folder in folders[:-1]]
+    if extra:
+        composable.append(f"hydra.searchpath=[{','.join(extra)}]")
+    if GlobalHydra.instance().is_initialized():
+        return  # inside a running Hydra app (tests): nothing to check here
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        try:
+            compose(config_name, overrides=composable)
+            return
+        except ConfigCompositionException as err:
+            key = getattr(err.__cause__, "full_key", None)
+            if not key:
+                raise ConfigError(" ".join(str(err).split())[:300]) from None
+        except HydraException as err:
+            raise ConfigError(" ".join(str(err).split())[:300]) from None
+        groups_only = [o for o in composable if "." not in o.split("=", 1)[0] or o.startswith("hydra.searchpath")]
+        base = compose(config_name, overrides=groups_only)
+    line = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), key)
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(base, parent_key) if parent_key else base
+    siblings = sorted(str(k) for k in parent.keys() if k != "name") if OmegaConf.is_dict(parent) else []
+    closest = _closest(leaf, siblings)
+    if parent_key == "loss" and OmegaConf.is_dict(parent):
+        listed = ", ".join(siblings) or "none"
+        raise ConfigError(f"{line}: loss '{parent.get('name')}' has no parameter '{leaf}'; {closest}"
+                          f"its parameters are: {listed} (segtrain-losses {parent.get('name')} explains them)")
+    where = f"'{parent_key}'" if parent_key else "the config"
+    if parent is None or not OmegaConf.is_dict(parent):
+        raise ConfigError(f"{line}: {parent_key} is not a group of settings here, so it has no '{leaf}'")
+    listed = f"it has: {', '.join(siblings)}" if siblings else "it has no settings"
+    raise ConfigError(f"{line}: {where} has no setting '{leaf}'; {closest}{listed}")
