@@ -196,8 +196,8 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "ckp
         raise CheckpointError(f"{where} is not a file; give a .ckpt file, or resume=<run dir> for a run folder")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{where} is empty (a write that never finished?); use another checkpoint of the run")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:  # memory-mapped: reading the config of a large checkpoint does not pull its tensors into memory
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise CheckpointError(
