@@ -71,7 +71,7 @@ def build_trainer(cfg: DictConfig):
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+    from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 
     from segtrain.callbacks.guard import NonFiniteGuard
     from segtrain.callbacks.interrupt import GracefulStop
@@ -92,7 +92,11 @@ def build_trainer(cfg: DictConfig):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     guard = OmegaConf.to_container(cfg.get("guard") or {}, resolve=True)
     try:
-        callbacks += [NonFiniteGuard(**guard), GracefulStop(Path(cfg.paths.output_dir) / "checkpoints")]
+        callbacks.append(NonFiniteGuard(**guard))
+        if kwargs.get("enable_checkpointing") is False:  # no checkpoints at all: signals still exit non-zero
+            callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
+        else:
+            callbacks.append(GracefulStop(Path(cfg.paths.output_dir) / "checkpoints"))
         return Trainer(**kwargs, callbacks=callbacks, logger=logger, plugins=[*plugins, SafeCheckpointIO()])
     except (ValueError, TypeError, RuntimeError, MisconfigurationException) as err:
         raise ConfigError(f"invalid trainer setting: {str(err).splitlines()[0]}") from None

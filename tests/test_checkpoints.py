@@ -421,3 +421,48 @@ def test_guard_rejects_unknown_settings():
 
     with pytest.raises(ValueError, match="guard.on_nonfinite='ignore' is unknown"):
         NonFiniteGuard("ignore")
+
+
+# -- crashes -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["loader", "step"])
+def test_a_crash_between_steps_saves_interrupted_ckpt_one_inside_a_step_does_not(tmp_path, where):
+    from lightning.pytorch import LightningModule, Trainer
+
+    from segtrain.callbacks.interrupt import GracefulStop
+    from segtrain.checkpoints import SafeCheckpointIO
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, index):
+            if where == "loader" and index == 6:
+                raise RuntimeError("a file that cannot be read")
+            return torch.ones(2)
+
+    class Toy(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            if where == "step" and batch_idx == 3:
+                raise RuntimeError("out of memory")
+            return self.layer(batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(Broken(), batch_size=2)
+
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[GracefulStop(tmp_path)], plugins=[SafeCheckpointIO()],
+                      default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError):
+        trainer.fit(Toy())
+    saved = tmp_path / "interrupted.ckpt"
+    if where == "loader":  # three steps done, the fourth batch could not be read: a clean state to resume from
+        assert torch.load(saved, weights_only=True)["global_step"] == 3
+    else:
+        assert not saved.exists()

@@ -282,3 +282,10 @@ def test_ddp_sigterm_stops_every_rank_and_the_resume_matches(tmp_path, cache_dir
     assert final_val_dice(run) == pytest.approx(final_val_dice(reference), abs=1e-6)
     assert_each_step_once(run)
     assert_same_run(run, reference)
+
+
+def test_without_checkpointing_the_run_still_trains(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    proc = ok(run_cli([*FAULT_2D, "trainer.max_epochs=1", "trainer.enable_checkpointing=false", f"hydra.run.dir={run}"],
+                      tmp_path, cache_dir))
+    assert "finished 1 epoch(s)" in proc.stdout and not (run / "checkpoints").exists()
