@@ -1,8 +1,10 @@
 """Training-step overhead of segtrain (Lightning module, metrics, logging) against a bare PyTorch loop.
 
 Same data pipeline, network, loss, optimizer and batches; prints seconds per step and the ratio,
-and the cost of the non-finite guard (one host synchronisation and a gradient norm per step).
-    python scripts/bench_train.py [--steps 60] [overrides...]   e.g.  data=synthetic2d  trainer.precision=bf16-mixed
+the cost of the non-finite guard (one host synchronisation and a gradient norm per step), and the
+share of step time the training process waits for data from the real loader (augmentation in
+``data.num_workers`` workers; target <= 5% with augment=nnunet).
+    python scripts/bench_train.py [--steps 60] [overrides...]   e.g.  data=synthetic2d  augment=nnunet
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ def main() -> None:
     from conftest import compose
     from lightning.pytorch import Callback, Trainer, seed_everything
 
+    from segtrain.augment import build_augmentation
     from segtrain.data import build_datamodule
+    from segtrain.models import fixed_divisor
     from segtrain.train import build_loss_from_config, build_module
 
     cfg = compose(args.overrides)
     seed_everything(0, verbose=False)
     loss = build_loss_from_config(cfg.loss)
-    data = build_datamodule(cfg.data)
+    data = build_datamodule(cfg.data, model_divisor=fixed_divisor(cfg.model, 3), augmentation=build_augmentation(cfg.get("augment")),
+                            label_maps=getattr(loss, "label_maps", {}))
     data.setup("fit")
     total = args.warmup + args.steps
 
@@ -79,7 +84,35 @@ def main() -> None:
             if trainer.global_step > args.warmup:
                 self.times.append(time.perf_counter() - self._start)
 
-    def segtrain_step(*callbacks) -> float:
+    class TimedLoader:
+        """The data module's training loader, timing how long each batch keeps the training process waiting."""
+
+        def __init__(self, loader):
+            self.loader, self.waits = loader, []
+
+        def __len__(self):
+            return total
+
+        def __iter__(self):
+            iterator = iter(self.loader)
+            for _ in range(total):
+                start = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    iterator = iter(self.loader)
+                    batch = next(iterator)
+                self.waits.append(time.perf_counter() - start)
+                yield batch
+
+    class Periods(Callback):
+        def __init__(self):
+            self.starts = []
+
+        def on_train_batch_start(self, *a):
+            self.starts.append(time.perf_counter())
+
+    def segtrain_step(*callbacks, loader=None) -> float:
         module = build_module(cfg, data.spec, build_loss_from_config(cfg.loss))
         module.print_epoch_summary = False
         timer = StepTimer()
@@ -87,7 +120,7 @@ def main() -> None:
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           precision=cfg.trainer.precision, callbacks=[timer, *callbacks], num_sanity_val_steps=0,
                           gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps)
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+        trainer.fit(module, train_dataloaders=loader or torch.utils.data.DataLoader(batches, batch_size=None))
         return statistics.median(timer.times)
 
     from segtrain.callbacks.guard import NonFiniteGuard
@@ -98,6 +131,14 @@ def main() -> None:
     print(f"| bare PyTorch | {bare:.4f} |\n| segtrain (Lightning) | {ours:.4f} |\n| segtrain + non-finite guard | {guarded:.4f} |")
     print(f"ratio segtrain / bare: {ours / bare:.3f}")
     print(f"ratio with guard / without: {guarded / ours:.3f}")
+
+    loader, periods = TimedLoader(data.train_dataloader()), Periods()
+    segtrain_step(periods, loader=loader)
+    steps = list(zip(loader.waits[1:], [b - a for a, b in zip(periods.starts, periods.starts[1:])]))[args.warmup:]
+    wait, period = sum(w for w, _ in steps), sum(p for _, p in steps)
+    print(f"data ({' '.join(args.overrides) or 'defaults'}): data.num_workers={data.cfg.get('num_workers')} -> "
+          f"{data.num_workers} worker(s); {period / len(steps):.4f} s/step, waiting for data {wait / len(steps):.4f} s/step: "
+          f"{100 * wait / period:.1f}% of step time")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def load_checkpoint(ckpt_path: str | Path):
     meta = checkpoint["segtrain"]
     run_cfg = OmegaConf.create(meta["config"])
     spec = DataSpec.from_dict(meta["spec"])
-    net = build_model(run_cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes)
+    net = build_model(run_cfg.model, spec)
     state = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)
     return run_cfg, spec, net.eval()

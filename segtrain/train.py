@@ -133,13 +133,20 @@ def build_optim(optim_cfg: DictConfig):
     return optimizer, scheduler, interval
 
 
+def plan_params(spec) -> dict[str, str]:
+    """What the data plan decided, as HParams columns (``plan.patch_size``, ...), beside the config's ``null``/``auto``."""
+    values = {"spacing": spec.spacing, "patch_size": list(spec.patch_size), "normalize": spec.normalize,
+              "strides": spec.strides[1:] if spec.strides else None}
+    return {f"plan.{k}": str(v) for k, v in values.items() if v is not None}
+
+
 def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None = None,
                  overrides: list[str] | None = None):
     from segtrain.models import build_model, check_patch_size
     from segtrain.module import SegmentationModule
 
-    check_patch_size(cfg.model, spec.patch_size)
-    net = build_model(cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes)
+    check_patch_size(cfg.model, spec)
+    net = build_model(cfg.model, spec)
     optimizer, scheduler, interval = build_optim(cfg.optim)
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     inference["roi_size"] = inference.get("roi_size") or list(spec.patch_size)
@@ -152,7 +159,7 @@ def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None
         scheduler=scheduler,
         scheduler_interval=interval,
         inference=inference,
-        hparams=flat_params(cfg, overrides),
+        hparams={**flat_params(cfg, overrides), **plan_params(spec)},
         run_config={
             "config": OmegaConf.to_container(cfg, resolve=True),
             "config_source": OmegaConf.to_container(cfg, resolve=False),  # what a resume starts from
@@ -219,7 +226,7 @@ def check_model_fits(cfg: DictConfig, checkpoint: dict) -> None:
     from segtrain.models import build_model
 
     spec = DataSpec.from_dict(checkpoint["segtrain"]["spec"])
-    net = build_model(cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes)
+    net = build_model(cfg.model, spec)
     weights = {k[len("net."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     try:
         net.load_state_dict(weights)
@@ -285,6 +292,8 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     from segtrain.checkpoints import read_checkpoint
     from segtrain.data import build_datamodule
     from segtrain.events import event_files, hparam_metric_names, truncate_events
+    from segtrain.augment import build_augmentation
+    from segtrain.models import fixed_divisor
     from segtrain.resume import resumed_config
 
     output_dir = Path(cfg.paths.output_dir)
@@ -297,9 +306,11 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     seed_everything(cfg.seed, workers=True, verbose=False)
     loss = build_loss_from_config(cfg.loss)
     build_optim(cfg.optim)
+    augmentation = build_augmentation(cfg.get("augment"))
     trainer = build_trainer(cfg)  # trainer settings (devices, precision, strategy) checked before preflight
     # preflight: every case validated before training
-    data = build_datamodule(cfg.data, output_dir, label_maps=getattr(loss, "label_maps", {}), seed=cfg.seed)
+    data = build_datamodule(cfg.data, output_dir, label_maps=getattr(loss, "label_maps", {}), seed=cfg.seed,
+                            model_divisor=fixed_divisor(cfg.model, 3), augmentation=augmentation)
     if checkpoint is not None:
         check_same_cases(cfg, checkpoint, data)
     split = {"train": [c["id"] for c in data.train_cases], "val": [c["id"] for c in data.val_cases]}

@@ -121,7 +121,8 @@ def test_multirun_sweeps_losses(tmp_path, cache_dir):
         (["data=nifti", "data.root=/does/not/exist", "data.patch_size=[16,16,16]"], "data.root=/does/not/exist does not exist"),
         (["data=nifti", "data.patch_size=[16,16,16]"], "data.root is not set"),
         (["ckpt_path=/nope/last.ckpt"], "ckpt_path=/nope/last.ckpt: no such checkpoint"),
-        (["data.patch_size=[20,20,20]"], "must be a multiple of 8 (the product of its down-sampling strides) and at least 16"),
+        (["data.patch_size=[20,20,20]", "model.strides=[2,2,2]"],
+         "must be a multiple of 8 (the product of its down-sampling strides) and at least twice that"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, cache_dir, args, expected):

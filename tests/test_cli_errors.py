@@ -22,7 +22,7 @@ def one_line(proc, run=None) -> str:
 
 @pytest.mark.parametrize("override, expected", [
     ("loss=tverksy", "loss=tverksy: there is no loss 'tverksy'; did you mean tversky? options: balanced_ce"),
-    ("model=unett", "model=unett: there is no model 'unett'; did you mean unet? options: unet, unetpp"),
+    ("model=unett", "model=unett: there is no model 'unett'; did you mean unet? options: dynunet, unet, unetpp"),
     ("data=synthetic2", "data=synthetic2: there is no data 'synthetic2'; did you mean synthetic2d?"),
     ("optim=adam", "optim=adam: there is no optim 'adam'; did you mean adamw? options: adamw, sgd"),
     ("trainer=gpus", "trainer=gpus: there is no trainer 'gpus'; did you mean gpu?"),

@@ -14,10 +14,11 @@ from test_data_factory import (images2d_dataset, msd_dataset, nnunet_dataset, sa
 
 
 def datamodule(root, *overrides, cache_dir, run_dir=None, label_maps=None):
+    from segtrain.augment import build_augmentation
     from segtrain.data import build_datamodule
 
     cfg = compose(["data=nifti", f"data.root={root}", "data.patch_size=[8,8,8]", *overrides], cache_dir=cache_dir)
-    return build_datamodule(cfg.data, run_dir, label_maps=label_maps)
+    return build_datamodule(cfg.data, run_dir, label_maps=label_maps, augmentation=build_augmentation(cfg.augment))
 
 
 def draw(data, n: int) -> dict:
@@ -179,7 +180,7 @@ def _sparse_dataset(root, num_cases=3, shape=(64, 64, 64)):
 @pytest.mark.parametrize("pos_fraction", [0.0, 0.33, 1.0])
 def test_foreground_patches_at_the_configured_rate_with_tiny_foreground(tmp_path, cache_dir, pos_fraction):
     root = _sparse_dataset(tmp_path / "sparse")
-    data = datamodule(root, "data.patch_size=[16,16,16]", f"data.pos_fraction={pos_fraction}", "data.flip=false",
+    data = datamodule(root, "data.patch_size=[16,16,16]", f"data.pos_fraction={pos_fraction}", "augment=none",
                       cache_dir=cache_dir, run_dir=tmp_path / "run")
     assert data.report.foreground_fraction()["speck"] == pytest.approx(125 / 64**3)
     assert "speck 0.0477%" in (tmp_path / "run" / "dataset_report.txt").read_text()
@@ -205,7 +206,7 @@ def test_class_balanced_sampling_sees_rare_classes(tmp_path, cache_dir):
     shares = {}
     for sampling in ("posneg", "class_balanced"):
         data = datamodule(root, "data.patch_size=[8,8,8]", "data.pos_fraction=1.0", f"data.sampling={sampling}",
-                          "data.flip=false", cache_dir=cache_dir)
+                          "augment=none", cache_dir=cache_dir)
         centres = draw(data, 400)["label"][:, 0, 4, 4, 4]
         assert (centres > 0).all()
         shares[sampling] = (centres == 2).float().mean().item()

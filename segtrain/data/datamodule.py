@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from torch.utils.data import DistributedSampler
 
+from segtrain.augment import worker_threads
 from segtrain.checkpoints import write_text_atomic
 from segtrain.errors import ConfigError, DataError
 
@@ -41,6 +42,8 @@ class DataSpec:
     spacing: list[float] | None = None                    # target voxel spacing (mm); None keeps each case's own
     normalize: list[str] = field(default_factory=list)    # per channel: zscore | ct | minmax | none
     intensity: list[dict] = field(default_factory=list)   # per channel foreground statistics (``ct`` uses them)
+    strides: list[list[int]] | None = None                # planned network strides per stage (the first all 1)
+    kernel_sizes: list[list[int]] | None = None           # planned convolution kernels per stage
 
     def __post_init__(self) -> None:
         if not self.normalize:
@@ -136,18 +139,43 @@ def _check_options(cfg: DictConfig) -> None:
             values = []
         if len(values) != 3 or min(values) <= 0:
             raise ConfigError(f"data.spacing={spacing!r} must be null, 'median' or three positive spacings in mm, e.g. [1, 1, 1]")
+    from segtrain.data.plan import PLAN_MODES
+
+    if str(cfg.get("plan", "off")) not in PLAN_MODES:
+        raise ConfigError(f"data.plan={cfg.get('plan')!r} is unknown; use auto (nnU-Net's rules) or off")
+    if float(cfg.get("plan_memory_gb", 8)) <= 0:
+        raise ConfigError(f"data.plan_memory_gb={cfg.get('plan_memory_gb')} must be > 0 (GPU memory in GB the plan fills)")
+    batch = cfg.get("batch_size")
+    if batch is not None and (not str(batch).isdigit() or int(batch) < 1):
+        raise ConfigError(f"data.batch_size={batch!r} must be a positive integer (or null: from the plan)")
     tolerance = float(cfg.get("geometry_tolerance", 0.05))
     if tolerance < 0:
         raise ConfigError(f"data.geometry_tolerance={tolerance} must be >= 0 (voxels)")
 
 
-def _resolve_spacing(cfg: DictConfig, report, spatial_dims: int) -> list[float] | None:
-    spacing = cfg.get("spacing")
-    if spatial_dims != 3 or not spacing:
-        return None
-    if spacing == "median":
-        return [round(float(s), 4) for s in report.median_spacing()]
-    return [float(s) for s in spacing]
+def plan_dataset(cfg: DictConfig, report, spatial_dims: int, model_divisor=None):
+    """The ``Plan`` of ``cfg`` (``data.plan``, explicit ``data.*`` values winning) for a preflight report."""
+    from segtrain.data.plan import make_plan, reoriented
+
+    orientation = str(cfg.get("orientation", "RAS"))
+    shapes, spacings = [], []
+    for case in report.cases:
+        if spatial_dims == 3:
+            shape, spacing = reoriented(case.shape, case.spacing, case.axcodes, orientation)
+        else:
+            shape, spacing = case.shape, case.spacing
+        shapes.append(shape)
+        spacings.append(spacing)
+    patch = cfg.get("patch_size")
+    return make_plan(
+        shapes, spacings, report.channel_names, report.num_classes, report.num_cases,
+        mode=str(cfg.get("plan", "off")), memory_gb=float(cfg.get("plan_memory_gb", 8)),
+        spacing=(cfg.get("spacing") or None) if spatial_dims == 3 else None,
+        patch_size=[int(p) for p in patch] if patch is not None else None,
+        batch_size=cfg.get("batch_size"),
+        normalize=OmegaConf.to_container(cfg.normalize) if OmegaConf.is_config(cfg.get("normalize")) else cfg.get("normalize"),
+        model_divisor=model_divisor,
+    )
 
 
 def _report_notes(cfg: DictConfig, report, spec: DataSpec, train_cases: int) -> list[str]:
@@ -188,13 +216,16 @@ def _total_memory() -> int | None:
 
 
 def build_datamodule(cfg: DictConfig, output_dir: str | Path | None = None, label_maps: dict | None = None,
-                     seed: int = 0) -> SegmentationDataModule:
+                     seed: int = 0, model_divisor=None, augmentation=None) -> SegmentationDataModule:
     """Resolve the dataset of ``cfg`` (generating the synthetic one if asked), run preflight, split it.
 
     Writes ``dataset_report.{txt,json}``, ``split.json`` and ``data_spec.json`` into ``output_dir``.
     ``label_maps``: name → function of the label (see ``SegmentationLoss.label_maps``), computed once
     per case in the cached part of the pipeline and cropped together with the label.
     ``seed``: the run's seed; the order of the training patches and their augmentation follow it.
+    ``augmentation``: an ``augment.Augmentation`` (``None``: mirroring only).
+    ``model_divisor``: per axis, the patch multiple a network with fixed down-sampling needs (see
+    ``models.fixed_divisor``); ``None``: the network takes the planned strides. Writes ``plan.json`` too.
 
     Raises:
         DataError: the dataset is missing, empty or fails preflight (one line naming the file and the fix).
@@ -212,12 +243,13 @@ def build_datamodule(cfg: DictConfig, output_dir: str | Path | None = None, labe
         root = ensure_synthetic(cfg.cache_dir, synthetic)
     listing = list_cases(root, cfg.get("layout", "auto"))
     spatial_dims = 2 if listing.layout == "images2d" else 3
-    patch_size = tuple(int(s) for s in cfg.patch_size)
-    if len(patch_size) != spatial_dims:
+    if cfg.get("patch_size") is not None and len(cfg.patch_size) != spatial_dims:
         raise ConfigError(
-            f"data.patch_size={list(patch_size)} has {len(patch_size)} sides but the data is {spatial_dims}D; "
-            f"give {spatial_dims} values"
+            f"data.patch_size={list(cfg.patch_size)} has {len(cfg.patch_size)} sides but the data is {spatial_dims}D; "
+            f"give {spatial_dims} values (or null: from the plan)"
         )
+    if model_divisor is not None and len(model_divisor) != spatial_dims:
+        model_divisor = [model_divisor[0]] * spatial_dims
     num_classes = cfg.get("num_classes") or (len(listing.class_names) if listing.class_names else None)
     mapping = _label_mapping(cfg)
     report = run_preflight(
@@ -227,20 +259,23 @@ def build_datamodule(cfg: DictConfig, output_dir: str | Path | None = None, labe
         workers=cfg.get("preflight_workers"),
     )
     in_channels = report.cases[0].channels
+    plan = plan_dataset(cfg, report, spatial_dims, model_divisor)
     spec = DataSpec(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         num_classes=report.num_classes,
         class_names=report.class_names,
         channel_names=report.channel_names,
-        patch_size=patch_size,
+        patch_size=tuple(plan.patch_size),
         orientation=str(cfg.get("orientation", "RAS")),
-        spacing=_resolve_spacing(cfg, report, spatial_dims),
-        normalize=normalize_modes(cfg.get("normalize", "zscore"), in_channels),
+        spacing=plan.spacing if spatial_dims == 3 else None,
+        normalize=normalize_modes(plan.normalize, in_channels),
         intensity=report.intensity,
+        strides=plan.strides,
+        kernel_sizes=plan.kernel_sizes,
     )
     train_ids, val_ids = split_cases([c["id"] for c in listing.cases], cfg)
-    report.notes = _report_notes(cfg, report, spec, len(train_ids))
+    report.notes = [plan.summary(), *_report_notes(cfg, report, spec, len(train_ids))]
     log.info("%s", report.summary())
     by_id = {c["id"]: c for c in listing.cases}
     if output_dir is not None:
@@ -248,8 +283,10 @@ def build_datamodule(cfg: DictConfig, output_dir: str | Path | None = None, labe
         report.save(output_dir)
         write_text_atomic(output_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2))
         spec.save(output_dir / "data_spec.json")
+        plan.save(output_dir / "plan.json")
     return SegmentationDataModule(cfg, spec, [by_id[i] for i in train_ids], [by_id[i] for i in val_ids], mapping,
-                                  report, label_maps=label_maps, dataset_root=listing.root, seed=seed)
+                                  report, label_maps=label_maps, dataset_root=listing.root, seed=seed,
+                                  batch_size=plan.batch_size, augmentation=augmentation)
 
 
 def _file_hash(item: dict) -> bytes:
@@ -356,8 +393,11 @@ class SegmentationDataModule(LightningDataModule):
 
     def __init__(self, cfg: DictConfig, spec: DataSpec, train_cases: list[dict], val_cases: list[dict],
                  label_mapping: dict | None = None, report=None, label_maps: dict | None = None,
-                 dataset_root: Path | None = None, seed: int = 0):
+                 dataset_root: Path | None = None, seed: int = 0, batch_size: int | None = None, augmentation=None):
         super().__init__()
+        self.augmentation = augmentation
+        self.num_workers = resolve_workers(cfg.get("num_workers", "auto"), augmentation)
+        self.batch_size = int(batch_size or cfg.get("batch_size") or 2)
         self.seed = int(seed or 0)
         self.dataset_root = dataset_root
         self.label_maps = dict(label_maps or {})
@@ -409,7 +449,10 @@ class SegmentationDataModule(LightningDataModule):
         base = deterministic_transforms(self.cfg, self.spec, self.label_mapping)
         extra = list(self.label_maps)
         train = base + train_cached_transforms(self.spec.patch_size, self.label_maps)
-        train += train_random_transforms(self.cfg, self.spec.patch_size, extra_keys=extra)
+        spacing = self.spec.spacing or (self.report.median_spacing() if self.report is not None else None)
+        train += train_random_transforms(self.spec.patch_size, float(self.cfg.get("pos_fraction", 0.33)),
+                                         str(self.cfg.get("sampling", "posneg")), self.augmentation,
+                                         spacing if self.spec.spatial_dims == 3 else None, extra_keys=extra)
         val = base + ([LabelMapsd(self.label_maps)] if self.label_maps else [])
         self.train_set = self._dataset(self.train_cases, train, "train")
         self.val_set = self._dataset(self.val_cases, val, "val")
@@ -418,13 +461,14 @@ class SegmentationDataModule(LightningDataModule):
         per_epoch = int(self.cfg.get("patches_per_epoch") or len(self.train_set))
         dataset = _Repeat(self.train_set, per_epoch, self.seed)
         world, rank = _world()
-        workers = int(self.cfg.get("num_workers", 0))
+        workers = self.num_workers
         self._train_loader = ResumableLoader(
             dataset,
-            batch_size=int(self.cfg.batch_size),
+            batch_size=self.batch_size,
             sampler=EpochSampler(dataset, self.seed, num_replicas=world, rank=rank),
             num_workers=workers,
             persistent_workers=workers > 0,
+            worker_init_fn=worker_threads if workers > 0 else None,
             pin_memory=bool(self.cfg.get("pin_memory", False)),
             collate_fn=collate_patches,
         )
@@ -451,7 +495,25 @@ class SegmentationDataModule(LightningDataModule):
         if world > 1:
             dataset = _PaddedShards(self.val_set, world)
             sampler = _ShardSampler(dataset, world, rank)
-        return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=int(self.cfg.get("num_workers", 0)))
+        workers = self.num_workers if str(self.cfg.get("num_workers", "auto")) != "auto" else 0  # cached whole cases: nothing to compute
+        return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers,
+                          worker_init_fn=worker_threads if workers > 0 else None)
+
+
+def resolve_workers(value, augmentation=None) -> int:
+    """``data.num_workers``: a number, or ``auto``: none for mirroring only (cheap, in-process), else CPUs - 1 up to 4."""
+    if value is None or str(value) == "auto":
+        if augmentation is None or not (augmentation.spatial or augmentation.noise_prob or augmentation.blur_prob
+                                        or augmentation.low_resolution_prob or augmentation.gamma_prob):
+            return 0
+        return max(1, min(4, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1))
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        workers = -1
+    if workers < 0:
+        raise ConfigError(f"data.num_workers={value!r} must be auto or a number of worker processes >= 0")
+    return workers
 
 
 def _world() -> tuple[int, int]:

@@ -494,6 +494,28 @@ class _PreflightCache:
             log.warning("preflight: could not write the cache %s (%s)", self.path, err)
 
 
+def _check_contiguous(infos: list[CaseInfo], listing, label_mapping: dict | None) -> None:
+    """Inferred classes (no ``labels`` in dataset.json, no ``data.num_classes``): the values found must be 0, 1, ..., K-1.
+
+    A gap (e.g. 0/255 masks) would otherwise train a 256-class model on two classes.
+    """
+    found = sorted({v for info in infos for v in info.class_voxels})
+    if found == list(range(len(found))):
+        return
+    top = found[-1]
+    case = next(info.id for info in infos if top in info.class_voxels)
+    label = next((c["label"] for c in listing.cases if c["id"] == case), case)
+    if set(found) <= {0, 255} or set(found) <= {0, 1, 255}:
+        hint = "data.label_mapping='{255: 1}'"
+    else:
+        hint = "data.label_mapping='{" + ", ".join(f"{v}: {i}" for i, v in enumerate(found) if v != i) + "}'"
+    shown = ", ".join(map(str, found[:10])) + (", ..." if len(found) > 10 else "")
+    mapped = " after data.label_mapping" if label_mapping else ""
+    raise DataError(f"{label}: the labels hold the values [{shown}]{mapped}, not 0, 1, ..., K-1, so the classes cannot be "
+                    f"inferred (value {top} would make {top + 1} classes); map them with {hint}, or name the classes in "
+                    "dataset.json 'labels' (or set data.num_classes)")
+
+
 # -- the whole pass -------------------------------------------------------------------------------
 def _guarded(function, case: dict):
     """``function(case)``, with any unexpected failure turned into a ``DataError`` naming the case's files."""
@@ -594,6 +616,7 @@ def run_preflight(listing, spatial_dims: int, num_classes: int | None, label_map
             + "); convert the images so that all have the same channels (e.g. all grayscale or all RGB)"
         )
     if num_classes is None:
+        _check_contiguous(infos, listing, label_mapping)
         num_classes = max(2, max(max(i.class_voxels) for i in infos) + 1)
     class_names = list(listing.class_names or [])[:num_classes]
     class_names += [f"class{i}" for i in range(len(class_names), num_classes)]

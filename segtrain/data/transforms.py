@@ -218,8 +218,9 @@ class RandForegroundCropd(Randomizable, MapTransform):
     """
 
     def __init__(self, keys, label_key: str, patch_size: Sequence[int], pos_fraction: float, sampling: str = "posneg",
-                 locations_key: str = LOCATIONS_KEY, background_tries: int = 10):
+                 locations_key: str = LOCATIONS_KEY, background_tries: int = 10, crop_size: Sequence[int] | None = None):
         MapTransform.__init__(self, keys)
+        self.crop_size = [int(s) for s in (crop_size or patch_size)]
         if sampling not in SAMPLINGS:
             raise ConfigError(f"data.sampling={sampling!r} is unknown; use one of {', '.join(SAMPLINGS)}")
         if not 0.0 <= float(pos_fraction) <= 1.0:
@@ -256,6 +257,14 @@ class RandForegroundCropd(Randomizable, MapTransform):
         centre = self._centre(label, locations)
         spatial = label.shape[1:]
         starts = [max(0, min(c - p // 2, s - p)) for c, p, s in zip(centre, self.patch_size, spatial)]
+        if self.crop_size != self.patch_size:  # a larger region around the patch, zero beyond the volume
+            starts = [a + p // 2 - c // 2 for a, p, c in zip(starts, self.patch_size, self.crop_size)]
+            inside = [(max(0, a), min(s, a + c)) for a, c, s in zip(starts, self.crop_size, spatial)]
+            pad = [(0, 0)] + [(lo - a, a + c - hi) for (lo, hi), a, c in zip(inside, starts, self.crop_size)]
+            region = (slice(None), *(slice(lo, hi) for lo, hi in inside))
+            for key in self.key_iterator(d):
+                d[key] = np.pad(_numpy(d[key])[region], pad)
+            return d
         region = (slice(None), *(slice(a, a + p) for a, p in zip(starts, self.patch_size)))
         for key in self.key_iterator(d):
             d[key] = _numpy(d[key])[region]  # a view: RandFlipAxesd makes the copy
@@ -304,37 +313,43 @@ def train_cached_transforms(patch_size: Sequence[int], label_maps: dict | None =
     return steps
 
 
-def train_random_transforms(cfg: DictConfig, patch_size: Sequence[int], extra_keys: Sequence[str] = ()) -> list:
-    """Random part: one patch (foreground with ``data.pos_fraction``), random flips, plain tensors.
+def train_random_transforms(patch_size: Sequence[int], pos_fraction: float, sampling: str = "posneg", augmentation=None,
+                            spacing: Sequence[float] | None = None, extra_keys: Sequence[str] = ()) -> list:
+    """Random part: one patch (foreground with ``pos_fraction``), its augmentation, plain tensors.
 
-    ``extra_keys``: per-voxel maps (e.g. a loss's distance maps) cropped and flipped with the label.
+    ``augmentation``: an ``augment.Augmentation`` (``None``: mirroring only, as ``augment=light``).
+    ``extra_keys``: per-voxel maps (e.g. a loss's distance maps) cropped, transformed and flipped with the label.
     """
     from monai import transforms as T
 
+    from segtrain.augment import Augmentation
+
+    augmentation = augmentation if augmentation is not None else Augmentation(mirror_prob=0.5)
     keys = ["image", "label", *extra_keys]
-    steps: list = [
-        RandForegroundCropd(keys=keys, label_key="label", patch_size=patch_size, pos_fraction=cfg.pos_fraction,
-                            sampling=cfg.get("sampling", "posneg")),
-        RandFlipAxesd(keys=keys, spatial_axes=range(len(patch_size)), prob=0.5 if cfg.get("flip", True) else 0.0),
-    ]
+    crop = augmentation.crop_size(patch_size, spacing)
+    steps: list = [RandForegroundCropd(keys=keys, label_key="label", patch_size=patch_size, pos_fraction=pos_fraction,
+                                       sampling=sampling, crop_size=crop)]
+    steps += augmentation.transforms(patch_size, spacing, keys)
     steps.append(T.EnsureTyped(keys=keys, track_meta=False))
     return steps
 
 
-class LabelMapsd:
+class LabelMapsd(MapTransform):
     """Adds per-case maps computed from the label (``name → fn(label, spacing)``), e.g. distance maps.
 
-    Runs in the cached, deterministic part of the pipeline: each map is computed once per case.
+    A deterministic MONAI ``MapTransform`` in the cached part of the pipeline (``CacheDataset`` caches
+    up to the first random transform), so each map is computed once per case.
     """
 
-    def __init__(self, maps: dict):
-        self.maps = dict(maps)
+    def __init__(self, maps: dict, label_key: str = "label"):
+        super().__init__(label_key)
+        self.maps, self.label_key = dict(maps), label_key
 
     def __call__(self, data: dict) -> dict:
         from monai.data import MetaTensor
 
         data = dict(data)
-        label = data["label"]
+        label = data[self.label_key]
         array = np.asarray(label.detach().cpu() if torch.is_tensor(label) else label).astype(np.int64)
         spacing = tuple(float(s) for s in label.pixdim) if isinstance(label, MetaTensor) else (1.0,) * (array.ndim - 1)
         for name, fn in self.maps.items():
