@@ -175,7 +175,7 @@ def test_flat_params_hold_every_loss_model_data_optim_parameter(cache_dir):
         walk(group, cfg[group])
         assert set(leaves) <= set(params), sorted(set(leaves) - set(params))
     assert params["loss.alpha"] == 0.7 and params["loss.beta"] == "null"
-    assert params["data.synthetic.num_cases"] == 32 and params["model.channels"] == "auto"
+    assert params["data.synthetic.num_cases"] == 32 and params["model.channels"] == "[16, 32, 64, 128]" and params["model.strides"] == "auto"
     assert all(isinstance(v, (int, float, str, bool)) for v in params.values())
 
 

@@ -200,3 +200,33 @@ def test_2d_problems(tmp_path):
     shutil.rmtree(root / "images")
     with pytest.raises(DataError, match="data.layout=images2d needs images there"):
         _build(root, tmp_path, "data=images2d", "data.patch_size=[16,16]")
+
+
+def test_0_255_masks_without_class_names_stop_with_the_mapping_hint(tmp_path, cache_dir):
+    """Without dataset.json labels the classes are inferred; 0/255 masks would make a silent 256-class model."""
+    from PIL import Image
+
+    from segtrain.data import build_datamodule
+
+    root = images2d_dataset(tmp_path / "cells")
+    (root / "dataset.json").unlink()
+    for path in sorted((root / "labels").glob("*.png")):
+        Image.fromarray((np.asarray(Image.open(path)) > 0).astype(np.uint8) * 255).save(path)
+    cfg = compose(["data=images2d", f"data.root={root}", "data.patch_size=[16,16]"], cache_dir=cache_dir)
+    with pytest.raises(DataError, match=r"labels/img\d\.png: the labels hold the values \[0, 255\].*data.label_mapping='\{255: 1\}'"):
+        build_datamodule(cfg.data)
+    mapped = compose(["data=images2d", f"data.root={root}", "data.patch_size=[16,16]", "data.label_mapping={255: 1}"],
+                     cache_dir=cache_dir)
+    assert build_datamodule(mapped.data).spec.num_classes == 2
+
+
+def test_gaps_in_inferred_label_values_get_a_mapping_that_closes_them(tmp_path, cache_dir):
+    from segtrain.data import build_datamodule
+
+    root = _relabel(msd_dataset(tmp_path / "ds"), lambda label: label * 3, case="vol1")
+    meta = json.loads((root / "dataset.json").read_text())
+    del meta["labels"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    cfg = compose(["data=nifti", f"data.root={root}", "data.patch_size=[8,8,8]"], cache_dir=cache_dir)
+    with pytest.raises(DataError, match=r"values \[0, 1, 3\].*data.label_mapping='\{3: 2\}'"):
+        build_datamodule(cfg.data)
