@@ -136,7 +136,7 @@ def main() -> None:
     segtrain_step(periods, loader=loader)
     steps = list(zip(loader.waits[1:], [b - a for a, b in zip(periods.starts, periods.starts[1:])]))[args.warmup:]
     wait, period = sum(w for w, _ in steps), sum(p for _, p in steps)
-    print(f"data ({' '.join(args.overrides) or 'defaults'}): data.num_workers={data.cfg.get('num_workers')} -> "
+    print(f"data ({' '.join(args.overrides) or 'defaults'}): data.num_workers={data.options.num_workers} -> "
           f"{data.num_workers} worker(s); {period / len(steps):.4f} s/step, waiting for data {wait / len(steps):.4f} s/step: "
           f"{100 * wait / period:.1f}% of step time")
 

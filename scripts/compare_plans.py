@@ -17,17 +17,17 @@ from pathlib import Path
 
 
 def _ours_3d(root: Path):
-    from omegaconf import OmegaConf
-
+    from segtrain.data import DataOptions
     from segtrain.data.datamodule import plan_dataset
     from segtrain.data.layouts import list_cases
     from segtrain.data.preflight import run_preflight
 
     listing = list_cases(root)
     report = run_preflight(listing, 3, len(listing.class_names) if listing.class_names else None)
-    cfg = OmegaConf.create({"plan": "auto", "plan_memory_gb": 8, "orientation": "RAS", "normalize": None, "spacing": None,
-                            "patch_size": None, "batch_size": None})
-    return plan_dataset(cfg, report, 3)
+    from conftest import compose  # tests/conftest.py: the shipped configs with Hydra's compose API
+
+    options = DataOptions.from_config(compose(["data=nifti", f"data.root={root}"]).data)
+    return plan_dataset(options, report, 3)
 
 
 def _ours_2d(fingerprint: dict, classes: int):
@@ -40,6 +40,7 @@ def _ours_2d(fingerprint: dict, classes: int):
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     plans, raw = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
     print("| dataset | planner | spacing (mm) | patch | batch | normalize | first strides | first kernels |")
     print("|---|---|---|---|---|---|---|---|")

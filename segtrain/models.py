@@ -12,7 +12,6 @@ and filters. Without a plan (``data.plan=off``) ``auto`` means 2x pooling in eve
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from omegaconf import DictConfig

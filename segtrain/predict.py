@@ -19,8 +19,8 @@ from segtrain.errors import DataError
 
 log = logging.getLogger("segtrain")
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+from segtrain.data.readers import IMAGE_2D_SUFFIXES as IMAGE_SUFFIXES  # noqa: E402  (one registry of formats)
+from segtrain.data.readers import VOLUME_SUFFIXES  # noqa: E402
 
 
 def _suffix(path: Path) -> str:

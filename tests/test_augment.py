@@ -134,7 +134,7 @@ def test_augmented_batches_are_the_same_with_and_without_workers(tmp_path, cache
 
 
 def test_num_workers_auto(tmp_path, cache_dir):
-    from segtrain.data.datamodule import resolve_workers
+    from segtrain.data.loaders import resolve_workers
 
     assert resolve_workers("auto", Augmentation(mirror_prob=0.5)) == 0
     assert resolve_workers("auto", Augmentation(rotation_prob=0.2)) >= 1

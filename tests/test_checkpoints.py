@@ -188,7 +188,7 @@ def test_generator_states_round_trip_through_a_weights_only_checkpoint(tmp_path)
 
 # -- the training order ---------------------------------------------------------------------------------
 def test_epoch_sampler_is_a_function_of_the_epoch_and_shards_ranks(tmp_path):
-    from segtrain.data.datamodule import EpochSampler
+    from segtrain.data.loaders import EpochSampler
 
     data = list(range(10))
     one = EpochSampler(data, seed=3)
@@ -209,7 +209,7 @@ def test_epoch_sampler_is_a_function_of_the_epoch_and_shards_ranks(tmp_path):
 
 
 def test_resumable_loader_continues_an_epoch_where_it_stopped():
-    from segtrain.data.datamodule import EpochSampler, ResumableLoader
+    from segtrain.data.loaders import EpochSampler, ResumableLoader
 
     class Items:  # addressed by (epoch, index), as _Repeat is
         def __len__(self):
@@ -242,7 +242,7 @@ def test_resumable_loader_continues_an_epoch_where_it_stopped():
 
 def test_a_patch_depends_on_its_epoch_and_index_only(cache_dir):
     from segtrain.data import build_datamodule
-    from segtrain.data.datamodule import _Repeat
+    from segtrain.data.loaders import _Repeat
 
     cfg = compose(TINY_2D, cache_dir=cache_dir)
     data = build_datamodule(cfg.data, seed=7)

@@ -23,10 +23,8 @@ def datamodule(root, *overrides, cache_dir, run_dir=None, label_maps=None):
 
 def draw(data, n: int) -> dict:
     """``n`` training patches through the real training loader (as one epoch of training sees them)."""
-    from omegaconf import open_dict
 
-    with open_dict(data.cfg):
-        data.cfg.patches_per_epoch, data.cfg.batch_size = n, 50
+    data.options.patches_per_epoch, data.batch_size = n, 50
     data.setup("fit")
     batches = list(data.train_dataloader())
     return {k: torch.cat([b[k] for b in batches]) for k in ("image", "label")}
@@ -92,7 +90,7 @@ def test_any_orientation_gives_the_same_voxels(tmp_path, cache_dir):
     (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "x": 1}, "channel_names": {"0": "x"},
                                                    "file_ending": ".nii.gz"}))
     data = datamodule(root, "data.normalize=none", cache_dir=cache_dir)
-    pipeline = Compose(deterministic_transforms(data.cfg, data.spec))
+    pipeline = Compose(deterministic_transforms(data.options, data.spec))
     a = pipeline({"image": str(root / "imagesTr/a_0000.nii.gz"), "label": str(root / "labelsTr/a.nii.gz")})
     b = pipeline({"image": str(root / "imagesTr/b_0000.nii.gz"), "label": str(root / "labelsTr/b.nii.gz")})
     assert torch.equal(a["label"], b["label"])

@@ -1,5 +1,7 @@
-"""Data: dataset layouts, synthetic data, preflight validation and the Lightning data module."""
+"""Data: dataset layouts, synthetic data, preflight validation, the plan and the Lightning data module."""
 
-from segtrain.data.datamodule import DataSpec, SegmentationDataModule, build_datamodule
+from segtrain.data.datamodule import SegmentationDataModule, build_datamodule
+from segtrain.data.options import DataOptions
+from segtrain.data.spec import DataSpec
 
-__all__ = ["DataSpec", "SegmentationDataModule", "build_datamodule"]
+__all__ = ["DataOptions", "DataSpec", "SegmentationDataModule", "build_datamodule"]

@@ -21,9 +21,8 @@ from pathlib import Path
 
 from segtrain.errors import DataError
 
-IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-LABEL_2D_SUFFIXES = (".png", ".tif", ".tiff")  # lossless only: JPEG would blur class indices
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+from segtrain.data.readers import IMAGE_2D_SUFFIXES, LABEL_2D_SUFFIXES, VOLUME_SUFFIXES  # noqa: E402  (one registry)
+
 LAYOUTS = ("auto", "msd", "nnunet", "images2d")
 
 

@@ -24,12 +24,14 @@ import os
 import time
 import zlib
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segtrain.checkpoints import write_text_atomic
+from segtrain.data.readers import _first_line, _Header, read_header, read_voxels  # noqa: F401
+from segtrain.data.report import CaseInfo, DatasetReport
 from segtrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,215 +40,10 @@ PREFLIGHT_VERSION = 3          # bump when the checks or the cached fields chang
 MAX_INTENSITY = 1e30           # larger magnitudes overflow float32 sums and squares (max ~3.4e38) in normalisation and the network
 INTENSITY_SAMPLES_PER_CASE = 2000  # foreground voxels sampled per case and channel (with replacement)
 CHUNK = 1 << 22                # voxels per chunk: bounds the temporary memory of the checks
-TINY_FOREGROUND = 0.01         # below this share of voxels, the report suggests imbalance-aware losses
 
 
-# -- report ----------------------------------------------------------------------------------------
-@dataclass
-class CaseInfo:
-    id: str
-    shape: list[int]
-    spacing: list[float]
-    channels: int
-    class_voxels: dict[int, int]
-    axcodes: str = ""
-    dtype: str = ""
-    intensity_range: list[list[float]] = field(default_factory=list)  # per channel [min, max]
-
-
-@dataclass
-class DatasetReport:
-    layout: str
-    root: str
-    num_cases: int
-    num_classes: int
-    class_names: list[str]
-    channel_names: list[str]
-    cases: list[CaseInfo] = field(default_factory=list)
-    intensity: list[dict] = field(default_factory=list)  # per channel: foreground statistics (see ``intensity_statistics``)
-    notes: list[str] = field(default_factory=list)       # hints added by the data module (configuration-dependent)
-
-    def foreground_fraction(self) -> dict[str, float]:
-        """Share of all voxels of the dataset that belong to each foreground class."""
-        total = sum(int(np.prod(c.shape)) for c in self.cases)
-        return {name: sum(c.class_voxels.get(index, 0) for c in self.cases) / max(total, 1)
-                for index, name in enumerate(self.class_names) if index > 0}
-
-    def cases_with_class(self) -> dict[str, int]:
-        return {name: sum(1 for c in self.cases if c.class_voxels.get(index, 0) > 0)
-                for index, name in enumerate(self.class_names) if index > 0}
-
-    def median_spacing(self) -> list[float]:
-        return np.median(np.array([c.spacing for c in self.cases]), 0).tolist()
-
-    def summary(self) -> str:
-        shapes = np.array([c.shape for c in self.cases])
-        spacings = np.array([c.spacing for c in self.cases])
-        axcodes = sorted({c.axcodes for c in self.cases if c.axcodes})
-        dtypes = sorted({c.dtype for c in self.cases if c.dtype})
-        lines = [
-            f"dataset: {self.root} ({self.layout}), {self.num_cases} cases, {len(self.channel_names)} channel(s) "
-            f"{self.channel_names}, {self.num_classes} classes {self.class_names}",
-            f"  shape: min {shapes.min(0).tolist()} median {np.median(shapes, 0).astype(int).tolist()} max {shapes.max(0).tolist()}",
-            f"  spacing: min {np.round(spacings.min(0), 3).tolist()} median {np.round(np.median(spacings, 0), 3).tolist()} "
-            f"max {np.round(spacings.max(0), 3).tolist()}"
-            + (f"; orientation {', '.join(axcodes)}" if axcodes else "") + (f"; dtype {', '.join(dtypes)}" if dtypes else ""),
-        ]
-        for stats in self.intensity:
-            if stats.get("foreground_voxels_sampled"):
-                lines.append(
-                    f"  intensity {stats['channel']}: range [{stats['min']:.4g}, {stats['max']:.4g}], foreground mean "
-                    f"{stats['mean']:.4g} std {stats['std']:.4g}, 0.5-99.5% [{stats['percentile_00_5']:.4g}, {stats['percentile_99_5']:.4g}]"
-                )
-        fractions, present = self.foreground_fraction(), self.cases_with_class()
-        empty = sum(1 for c in self.cases if not any(v for k, v in c.class_voxels.items() if k > 0))
-        lines.append(
-            "  foreground fraction: "
-            + ", ".join(f"{name} {100 * f:.4f}% (in {present[name]} cases)" for name, f in fractions.items())
-            + f"; {empty} case(s) without foreground"
-        )
-        if fractions and min(fractions.values()) < TINY_FOREGROUND:
-            tiny = [n for n, f in fractions.items() if f < TINY_FOREGROUND]
-            lines.append(
-                f"  hint: tiny foreground (<{100 * TINY_FOREGROUND:g}% of voxels: {', '.join(tiny)}): prefer region or "
-                "compound losses (loss=dice_ce, loss=tversky loss.alpha=0.3, focal_tversky) over plain cross-entropy, "
-                "and keep foreground oversampling on (data.pos_fraction, data.sampling=class_balanced for several classes)"
-            )
-        lines += [f"  {note}" for note in self.notes]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["foreground_fraction"] = self.foreground_fraction()
-        data["cases_with_class"] = self.cases_with_class()
-        return data
-
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(directory / "dataset_report.json", json.dumps(self.to_dict(), indent=2))
-        write_text_atomic(directory / "dataset_report.txt", self.summary() + "\n")
-
-
-# -- reading headers and voxels ----------------------------------------------------------------
-@dataclass
-class _Header:
-    path: str
-    shape: tuple[int, ...]         # spatial, in the axis order MONAI loads
-    channels: int
-    affine: np.ndarray | None      # 4x4 RAS (as MONAI's readers give it), None for 2D images
-    dtype: str
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0][:200] if text else "") or type(err).__name__
-
-
-def _unreadable(path: str, err: Exception) -> DataError:
-    return DataError(f"{path}: cannot be read ({_first_line(err)}); the file is corrupt, truncated or not an image: "
-                     "re-export or re-download it, or remove the case")
-
-
-def _kind(path: str) -> str:
-    name = path.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        return "nifti"
-    if name.endswith((".nrrd", ".nhdr")):
-        return "nrrd"
-    if name.endswith((".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")):
-        return "image2d"
-    return "other"
-
-
-def _nrrd_affine(header: dict, path: str) -> np.ndarray:
-    """As MONAI's NrrdReader: columns = space directions, LPS (or unspecified space) switched to RAS."""
-    if "space directions" not in header or "space origin" not in header:
-        raise DataError(f"{path}: the NRRD header lacks 'space directions' or 'space origin' (no geometry); "
-                        "save the volume with its geometry (e.g. from 3D Slicer) or convert it to NIfTI")
-    direction = np.asarray(header["space directions"], dtype=float)
-    affine = np.eye(4)
-    affine[:3, :3] = direction.T
-    affine[:3, 3] = np.asarray(header["space origin"], dtype=float)
-    if header.get("space", "left-posterior-superior") == "left-posterior-superior":
-        affine[:2] *= -1
-    return affine
-
-
-def read_header(path: str, spatial_dims: int) -> _Header:
-    """Shape, channels and geometry of one file, reading as little of it as the format allows."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: file not found; add it or remove the case from the dataset")
-    kind = _kind(path)
-    try:
-        if kind == "nifti":
-            import nibabel as nib
-
-            image = nib.load(path)
-            shape, affine, dtype = tuple(int(s) for s in image.shape), np.asarray(image.affine, float), str(image.get_data_dtype())
-        elif kind == "nrrd":
-            import nrrd
-
-            header = nrrd.read_header(path)
-            shape, dtype = tuple(int(s) for s in header["sizes"]), str(header.get("type", ""))
-            if len(shape) != 3:
-                raise DataError(f"{path}: NRRD with {len(shape)} axes {list(shape)}; only 3D scalar volumes are read: "
-                                "save one file per channel (nnU-Net: CASE_0000.nrrd, CASE_0001.nrrd)")
-            affine = _nrrd_affine(header, path)
-        elif kind == "image2d":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                width, height = image.size
-                mode = image.mode
-            bands = {"RGB": 3, "RGBA": 4, "LA": 2, "CMYK": 4, "YCbCr": 3, "HSV": 3, "LAB": 3}
-            return _Header(path, (width, height), bands.get(mode, 1), None, mode)
-        else:
-            from monai.transforms import LoadImage
-
-            loaded = LoadImage(image_only=True)(path)
-            shape, affine, dtype = tuple(loaded.shape), np.asarray(loaded.affine, float), str(loaded.dtype)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any reader failure means an unreadable file for the user
-        raise _unreadable(path, err) from None
-    if spatial_dims == 3 and len(shape) == 3:
-        return _Header(path, shape, 1, affine, dtype)
-    if spatial_dims == 3 and len(shape) == 4:  # MSD-style 4D NIfTI: channels last
-        return _Header(path, shape[:3], shape[3], affine, dtype)
-    raise DataError(f"{path}: a volume with {len(shape)} dimensions {list(shape)}; expected 3D (or 4D with channels last)")
-
-
-def read_voxels(path: str) -> tuple[np.ndarray, float, float]:
-    """Raw voxels (spatial axes first, in MONAI's order; channels last) and the (slope, intercept) to apply."""
-    kind = _kind(path)
-    try:
-        if kind == "nifti":
-            import nibabel as nib
-
-            proxy = nib.load(path).dataobj
-            raw = np.asarray(proxy.get_unscaled())
-            slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
-            return raw, float(1.0 if slope is None else slope), float(0.0 if inter is None else inter)
-        if kind == "nrrd":
-            import nrrd
-
-            return nrrd.read(path, index_order="F")[0], 1.0, 0.0
-        if kind == "image2d":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                array = np.asarray(image)
-            if array.dtype == bool:  # 1-bit images
-                array = array.astype(np.uint8)
-            return np.swapaxes(array, 0, 1), 1.0, 0.0  # MONAI's PILReader: (width, height[, bands])
-        from monai.transforms import LoadImage
-
-        return np.asarray(LoadImage(image_only=True)(path)), 1.0, 0.0
-    except Exception as err:  # noqa: BLE001
-        raise _unreadable(path, err) from None
-
-
+# -- the report: segtrain/data/report.py -----------------------------------------------------------
+# -- reading: segtrain/data/readers.py -----------------------------------------------------------
 def _chunks(array: np.ndarray):
     flat = array.reshape(-1, order="A")  # a view for C- or F-contiguous arrays
     for start in range(0, flat.size, CHUNK):

@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 
 from segtrain.errors import ConfigError
 
-NORMALIZATIONS = ("zscore", "ct", "minmax", "none")
-SAMPLINGS = ("posneg", "class_balanced")
+from segtrain.data.options import NORMALIZATIONS, SAMPLINGS  # noqa: E402  (one definition, with the options)
+
 LOCATIONS_KEY = "label_locations"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
