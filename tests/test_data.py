@@ -233,7 +233,7 @@ def test_small_cases_are_padded_to_the_patch(tmp_path, cache_dir):
 def test_label_maps_hook_is_cropped_with_the_label(tmp_path, cache_dir):
     root = nnunet_dataset(tmp_path / "ds")
     maps = {"twice": lambda label, spacing: 2.0 * label}
-    data = datamodule(root, cache_dir=cache_dir, label_maps=maps)
+    data = datamodule(root, "augment=none", cache_dir=cache_dir, label_maps=maps)
     data.setup("fit")
     item = data.train_set[0]
     assert item["twice"].shape == item["label"].shape == (1, 8, 8, 8)

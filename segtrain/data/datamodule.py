@@ -65,7 +65,9 @@ def _report_notes(options: DataOptions, report, spec: DataSpec, train_cases: int
     shapes = np.array([c.shape for c in report.cases], float)
     if spec.spacing:
         shapes = shapes * spacings / np.array(spec.spacing)
-    small = [i for i, (p, s) in enumerate(zip(spec.patch_size, np.median(shapes, 0))) if p > s]
+    shapes = np.round(shapes)
+    planned = options.plan == "auto" and options.patch_size is None  # nnU-Net pads its patch to the pooling divisor
+    small = [] if planned else [i for i, (p, s) in enumerate(zip(spec.patch_size, np.median(shapes, 0))) if p > s]
     if small:
         notes.append(f"note: data.patch_size={list(spec.patch_size)} exceeds the median case shape "
                      f"{np.median(shapes, 0).astype(int).tolist()} along axis {small}: cases are zero-padded to the patch")
