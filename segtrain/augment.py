@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform, Randomizable
 
+from segtrain.data.transforms import RandFlipAxesd, _numpy
 from segtrain.errors import ConfigError
 
 ANISOTROPY = 3.0  # nnU-Net's threshold for "dummy 2D" augmentation of anisotropic patches
@@ -108,6 +109,13 @@ class Augmentation:
     def spatial(self) -> bool:
         return self.rotation_prob > 0 or self.scaling_prob > 0
 
+    @property
+    def mirroring_only(self) -> bool:
+        """Nothing but flips: cheap NumPy work that needs no data-loader workers."""
+        return not any(getattr(self, name) for name in ("rotation_prob", "scaling_prob", "noise_prob", "blur_prob",
+                                                         "brightness_prob", "contrast_prob", "low_resolution_prob",
+                                                         "gamma_inverted_prob", "gamma_prob"))
+
     def geometry(self, patch_size: Sequence[int], spacing: Sequence[float] | None) -> tuple[float, int | None]:
         """(largest rotation in degrees, the coarse axis for in-plane-only augmentation or None)."""
         patch = [int(p) for p in patch_size]
@@ -151,12 +159,10 @@ class Augmentation:
 
         dims = len(patch_size)
         steps: list = []
-        if self.spatial:
+        if self.spatial:  # otherwise the crop is already the patch
             degrees, coarse = self.geometry(patch_size, spacing)
             steps.append(RandRotateScaled(keys, patch_size, label_key, self.rotation_prob, degrees, self.scaling_prob,
                                           self.scaling, coarse))
-        else:
-            steps.append(CentreCropd(keys, patch_size))
         image = ["image"]
         if self.noise_prob:
             steps.append(T.RandGaussianNoised(image, prob=self.noise_prob, mean=0.0, std=self.noise_std, sample_std=True))
@@ -180,32 +186,8 @@ class Augmentation:
                                                invert_image=True, retain_stats=True))
         if self.gamma_prob:
             steps.append(T.RandAdjustContrastd(image, prob=self.gamma_prob, gamma=tuple(self.gamma), retain_stats=True))
-        from segtrain.data.transforms import RandFlipAxesd
-
         steps.append(RandFlipAxesd(keys=list(keys), spatial_axes=range(dims), prob=self.mirror_prob))
         return steps
-
-
-def _numpy(value) -> np.ndarray:
-    if hasattr(value, "as_tensor"):
-        value = value.as_tensor()
-    return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
-
-
-class CentreCropd(MapTransform):
-    """The central ``patch_size`` of each key (a view; a no-op when the region is the patch)."""
-
-    def __init__(self, keys, patch_size: Sequence[int]):
-        super().__init__(keys)
-        self.patch_size = [int(p) for p in patch_size]
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            value = _numpy(d[key])
-            starts = [(s - p) // 2 for s, p in zip(value.shape[1:], self.patch_size)]
-            d[key] = value[(slice(None), *(slice(a, a + p) for a, p in zip(starts, self.patch_size)))]
-        return d
 
 
 class RandRotateScaled(Randomizable, MapTransform):
@@ -214,7 +196,9 @@ class RandRotateScaled(Randomizable, MapTransform):
     Maps the centre of the cropped region onto a ``patch_size`` output with MONAI's ``Affine``:
     bilinear for images and label maps, nearest for ``label_key``, zeros outside. ``coarse_axis``
     (anisotropic patches): rotate about it only and leave it unscaled. Without rotation or scaling
-    the output is the region's centre, uninterpolated.
+    the output is the region's centre, uninterpolated (MONAI's ``CenterSpatialCropd``).
+    Not MONAI's ``RandAffined``: that draws one probability for rotation and scaling together and a
+    scale factor per axis; nnU-Net draws each with its own probability and one factor for all axes.
     """
 
     def __init__(self, keys, patch_size: Sequence[int], label_key: str, rotation_prob: float, degrees: float,
@@ -223,7 +207,9 @@ class RandRotateScaled(Randomizable, MapTransform):
         self.patch_size, self.label_key = [int(p) for p in patch_size], label_key
         self.rotation_prob, self.radians = rotation_prob, math.radians(degrees)
         self.scaling_prob, self.scaling, self.coarse_axis = scaling_prob, tuple(scaling), coarse_axis
-        self.crop = CentreCropd(keys, patch_size)
+        from monai.transforms import CenterSpatialCropd
+
+        self.crop = CenterSpatialCropd(keys, roi_size=self.patch_size)
 
     def randomize(self, data=None) -> None:
         dims = len(self.patch_size)
@@ -248,20 +234,15 @@ class RandRotateScaled(Randomizable, MapTransform):
         if not any(self._angles) and all(s == 1.0 for s in self._scale):
             return self.crop(data)
         d = dict(data)
+        affine = Affine(rotate_params=self._angles, scale_params=self._scale, spatial_size=self.patch_size,
+                        padding_mode="zeros", image_only=True)
         for key in self.key_iterator(d):
             value = torch.as_tensor(np.ascontiguousarray(_numpy(d[key])))
             nearest = key == self.label_key
-            affine = Affine(rotate_params=self._angles, scale_params=self._scale, spatial_size=self.patch_size,
-                            mode="nearest" if nearest else "bilinear", padding_mode="zeros", image_only=True)
-            out = affine(value.float())
+            out = affine(value.float(), mode="nearest" if nearest else "bilinear")
             out = out.as_tensor() if hasattr(out, "as_tensor") else out
             d[key] = (out.round().to(value.dtype) if nearest else out).numpy()
         return d
-
-
-def worker_threads(_worker_id: int) -> None:
-    """Data-loader worker start: one torch thread, so that the workers and the training process share the cores."""
-    torch.set_num_threads(1)
 
 
 def build_augmentation(cfg) -> Augmentation | None:

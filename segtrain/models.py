@@ -73,13 +73,14 @@ def divisor_per_axis(model_cfg: DictConfig, spec) -> list[int]:
     name = _class_name(model_cfg)
     if name in FIXED_DIVISORS:
         return [FIXED_DIVISORS[name]] * dims
-    args = resolve(model_cfg, spec)
-    strides = args.get("strides")
-    if not strides:
-        return [1] * dims
+    return _stride_product(resolve(model_cfg, spec).get("strides") or [], dims)
+
+
+def _stride_product(strides, dims: int) -> list[int]:
+    """Per axis, the product of the strides (each an int for every axis, or one per axis)."""
     divisor = [1] * dims
     for stage in strides:
-        stage = list(stage) if isinstance(stage, Sequence) else [int(stage)] * dims
+        stage = list(stage) if isinstance(stage, Sequence) and not isinstance(stage, str) else [int(stage)] * dims
         divisor = [d * int(s) for d, s in zip(divisor, stage)]
     return divisor
 
@@ -92,11 +93,7 @@ def fixed_divisor(model_cfg: DictConfig, spatial_dims: int) -> list[int] | None:
     strides = model_cfg.get("strides")
     if strides is None or _is_auto(strides):
         return None
-    divisor = [1] * spatial_dims
-    for stage in strides:
-        stage = list(stage) if isinstance(stage, Sequence) and not isinstance(stage, str) else [int(stage)] * spatial_dims
-        divisor = [d * int(s) for d, s in zip(divisor, stage)]
-    return divisor
+    return _stride_product(strides, spatial_dims)
 
 
 def check_patch_size(model_cfg: DictConfig, spec) -> None:

@@ -68,6 +68,15 @@ def assert_same_run(run: Path, reference: Path) -> None:
             assert a.value == pytest.approx(b.value, abs=1e-6), (tag, a.step)
 
 
+def assert_resumes_like(run: Path, reference: Path, tmp_path: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+    """``segtrain resume=run`` succeeds and ends as the reference run did, every step logged once."""
+    resumed = ok(run_cli([f"resume={run}"], tmp_path, cache_dir))
+    assert final_val_dice(run) == pytest.approx(final_val_dice(reference), abs=1e-6)
+    assert_each_step_once(run)
+    assert_same_run(run, reference)
+    return resumed
+
+
 def start(run: Path, cache_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "SEGTRAIN_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([SEGTRAIN, *FAULT_2D, *extra, f"hydra.run.dir={run}"], cwd=run.parent, env=env,
@@ -101,11 +110,8 @@ def test_sigkill_mid_epoch_then_resume_matches_the_uninterrupted_run(tmp_path, c
     proc = start(run, cache_dir, "callbacks.model_checkpoint.every_n_train_steps=2")
     signal_after_first_epoch(proc, signal.SIGKILL, delay=0.4)
     assert proc.returncode == -signal.SIGKILL
-    resumed = ok(run_cli([f"resume={run}"], tmp_path, cache_dir))
+    resumed = assert_resumes_like(run, uninterrupted, tmp_path, cache_dir)
     assert f"finished 3 epoch(s), {STEPS} steps" in resumed.stdout
-    assert final_val_dice(run) == pytest.approx(final_val_dice(uninterrupted), abs=1e-6)
-    assert_each_step_once(run)
-    assert_same_run(run, uninterrupted)
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -118,10 +124,7 @@ def test_sigterm_saves_exits_nonzero_and_the_resume_matches(tmp_path, cache_dir,
     assert "SIGTERM at epoch" in line and f"Resume with: segtrain resume={run}" in line
     checkpoint = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True)
     assert 8 <= checkpoint["global_step"] < STEPS
-    ok(run_cli([f"resume={run}"], tmp_path, cache_dir))
-    assert final_val_dice(run) == pytest.approx(final_val_dice(uninterrupted), abs=1e-6)
-    assert_each_step_once(run)
-    assert_same_run(run, uninterrupted)
+    assert_resumes_like(run, uninterrupted, tmp_path, cache_dir)
 
 
 def test_exploding_learning_rate_stops_with_one_line_and_finite_checkpoints(tmp_path, cache_dir):
@@ -278,10 +281,7 @@ def test_ddp_sigterm_stops_every_rank_and_the_resume_matches(tmp_path, cache_dir
     proc = start(run, cache_dir, *ddp)
     stdout, stderr = signal_after_first_epoch(proc, signal.SIGTERM, delay=0.2)
     one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), 143, label="stopped")
-    ok(run_cli([f"resume={run}"], tmp_path, cache_dir))
-    assert final_val_dice(run) == pytest.approx(final_val_dice(reference), abs=1e-6)
-    assert_each_step_once(run)
-    assert_same_run(run, reference)
+    assert_resumes_like(run, reference, tmp_path, cache_dir)
 
 
 def test_without_checkpointing_the_run_still_trains(tmp_path, cache_dir):

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch import LightningDataModule
 
-from segtrain.augment import worker_threads
 from segtrain.checkpoints import write_text_atomic
 from segtrain.data.loaders import (EpochSampler, ResumableLoader, _PaddedShards, _Repeat, _ShardSampler, _world,
-                                   collate_patches, resolve_workers)
+                                   collate_patches, resolve_workers, worker_threads)
 from segtrain.data.options import DataOptions
 from segtrain.data.spec import DataSpec
 from segtrain.data.split import split_cases

@@ -104,8 +104,7 @@ class ResumableLoader(torch.utils.data.DataLoader):
 def resolve_workers(value, augmentation=None) -> int:
     """``data.num_workers``: a number, or ``auto``: none for mirroring only (cheap, in-process), else CPUs - 1 up to 4."""
     if value is None or str(value) == "auto":
-        if augmentation is None or not (augmentation.spatial or augmentation.noise_prob or augmentation.blur_prob
-                                        or augmentation.low_resolution_prob or augmentation.gamma_prob):
+        if augmentation is None or augmentation.mirroring_only:
             return 0
         return max(1, min(4, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1))
     try:
@@ -115,6 +114,11 @@ def resolve_workers(value, augmentation=None) -> int:
     if workers < 0:
         raise ConfigError(f"data.num_workers={value!r} must be auto or a number of worker processes >= 0")
     return workers
+
+
+def worker_threads(_worker_id: int) -> None:
+    """Data-loader worker start: one torch thread, so that the workers and the training process share the cores."""
+    torch.set_num_threads(1)
 
 
 def _world() -> tuple[int, int]:

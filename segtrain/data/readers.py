@@ -145,7 +145,8 @@ class Image2DReader(Reader):
         return np.swapaxes(array, 0, 1), 1.0, 0.0
 
 
-READERS: list[Reader] = [NiftiReader(), NrrdReader(), MetaImageReader(), Image2DReader()]
+GENERIC = MetaImageReader()  # anything with another suffix: MONAI's LoadImage decides
+READERS: list[Reader] = [NiftiReader(), NrrdReader(), GENERIC, Image2DReader()]
 VOLUME_SUFFIXES = tuple(s for r in READERS if r.spatial_dims == 3 for s in r.suffixes)
 IMAGE_2D_SUFFIXES = tuple(s for r in READERS if r.spatial_dims == 2 for s in r.suffixes)
 LABEL_2D_SUFFIXES = tuple(s for r in READERS if r.spatial_dims == 2 for s in (r.label_suffixes or r.suffixes))
@@ -154,7 +155,7 @@ LABEL_2D_SUFFIXES = tuple(s for r in READERS if r.spatial_dims == 2 for s in (r.
 def reader_for(path: str) -> Reader:
     """The reader of ``path`` by its suffix (MONAI's generic loader for anything unknown)."""
     name = str(path).lower()
-    return next((r for r in READERS if name.endswith(r.suffixes)), READERS[2])
+    return next((r for r in READERS if name.endswith(r.suffixes)), GENERIC)
 
 
 def read_header(path: str, spatial_dims: int) -> _Header:
