@@ -1,11 +1,7 @@
 """Checkpoint files: written atomically, read with ``weights_only=True`` only, checked before use.
 
-- ``atomic_write``: every file segtrain writes (checkpoints, reports) goes through it. The bytes go
-  to an unnamed file in the target's own directory (Linux ``O_TMPFILE``; elsewhere a hidden
-  ``.<name>.<pid>.<random>.tmp``), are fsynced, get a name and replace the target with one
-  ``rename``; then the directory is fsynced. A kill at any moment leaves the old file or the whole
-  new one, never a part; an unnamed file vanishes with the process, and a named leftover of a
-  dead process is removed by ``remove_stale_temporaries`` at the next run's start.
+- Checkpoints are written with ``segtrain.files.atomic_write`` (as every file segtrain writes): a
+  kill at any moment leaves the old file or the whole new one, never a part.
 - ``SafeCheckpointIO``: Lightning's checkpoint plugin on top of that; it refuses to write weights
   that hold NaN/Inf (the previous checkpoint is kept) and reads with ``weights_only=True``.
 - ``read_checkpoint``: the one place checkpoints are read (resume, predict): a missing, empty,
@@ -16,16 +12,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
-import re
-import secrets
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,110 +25,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from segtrain.errors import CheckpointError, NonFiniteError
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+from segtrain.files import atomic_write
 
 
-# -- atomic files --------------------------------------------------------------------------------
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened or synced
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` with ``write(file)`` so that readers only ever see the old file or the whole new one.
-
-    Raises:
-        OSError: the directory cannot be written, or the disk is full; ``path`` is untouched then.
-    """
-    path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    named: Path | None = None
-    try:
-        named = _write_unnamed(path, write)
-        if named is None:  # no O_TMPFILE here: a hidden named file, removed if this process fails
-            named = _temporary_name(path)
-            with open(named, "xb") as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(named, path)
-        named = None
-        _fsync_directory(directory)
-    finally:
-        if named is not None:
-            with contextlib.suppress(OSError):
-                named.unlink()
-
-
-def _write_unnamed(path: Path, write: Callable[[IO[bytes]], None]) -> Path | None:
-    """Write into an unnamed ``O_TMPFILE`` file beside ``path``, then name it; ``None`` where that is unsupported.
-
-    A process killed before the naming leaves nothing behind. ``os.link`` calls plain ``link()``,
-    which does not follow the /proc magic link, unless a directory descriptor is given; with one it
-    calls ``linkat(..., AT_SYMLINK_FOLLOW)``, which gives the open file a name.
-    """
-    try:
-        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
-    except (AttributeError, OSError):  # not Linux, or a filesystem without O_TMPFILE
-        return None
-    with os.fdopen(fd, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-        named = _temporary_name(path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.link(f"/proc/self/fd/{handle.fileno()}", named, src_dir_fd=dir_fd, follow_symlinks=True)
-        except OSError:  # no /proc: write again the plain way
-            return None
-        finally:
-            os.close(dir_fd)
-    return named
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the hidden temporary files that a killed writer (of a process no longer alive) left in ``directory``."""
-    removed = []
-    directory = Path(directory)
-    if not directory.is_dir():
-        return removed
-    for entry in directory.iterdir():
-        match = _TEMPORARY.match(entry.name)
-        if not match or not entry.is_file():
-            continue
-        pid = int(match["pid"])
-        if pid != os.getpid() and _alive(pid):
-            continue
-        with contextlib.suppress(OSError):
-            entry.unlink()
-            removed.append(entry)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# -- finiteness ------------------------------------------------------------------------------------
 def nonfinite_tensors(tensors: Iterable[tuple[str, Any]]) -> list[str]:
     """Names of the floating-point tensors among ``(name, value)`` pairs that hold NaN or Inf."""
     bad = []

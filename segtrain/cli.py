@@ -1,4 +1,5 @@
-"""Entry points: ``segtrain`` (train), ``segtrain-predict`` (inference), ``segtrain-losses`` (list the registry).
+"""Entry points: ``segtrain`` (train), ``segtrain-predict`` (inference), ``segtrain-evaluate`` (score predictions),
+``segtrain-losses`` (list the registry).
 
 Thin on purpose: compose the config with Hydra, hand it to ``segtrain.train``, turn user errors
 into one line on stderr and a non-zero exit. Heavy imports happen inside the functions.
@@ -191,6 +192,46 @@ def predict_main() -> None:
     except SegtrainError as err:
         fail(err)
     _predict_app()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")
+def _evaluate_app(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from segtrain.evaluation import evaluate_folders
+
+    quiet_known_warnings()
+    output_dir = Path(cfg.output_dir)
+    try:
+        classes = None if cfg.classes is None else [int(c) for c in cfg.classes]
+        evaluate_folders(cfg.pred, cfg.label, output_dir, OmegaConf.to_container(cfg, resolve=True),
+                         num_classes=cfg.num_classes, classes=classes, geometry_tolerance=float(cfg.geometry_tolerance),
+                         progress=bool(cfg.progress))
+    except SegtrainError as err:
+        if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {"evaluate.log"}:
+            import shutil
+
+            shutil.rmtree(output_dir, ignore_errors=True)  # a refused evaluation leaves nothing behind
+        fail(err)
+
+
+def evaluate_main() -> None:
+    """``segtrain-evaluate pred=DIR label=DIR``: Dice, IoU, HD95, ASSD, NSD and lesion counts per case, with CIs."""
+    from segtrain.config_check import check_command_line
+
+    from segtrain.errors import DataError
+
+    quiet_known_warnings()
+    try:
+        check_command_line(sys.argv[1:], config_dir(), "evaluate")
+        values = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-"))
+        for key in ("pred", "label"):  # before Hydra makes the output folder inside pred/
+            if key in values and not Path(values[key]).expanduser().is_dir():
+                raise DataError(f"{key}={values[key]}: no such folder; pass the folder of "
+                                f"{'predicted label maps (segtrain-predict output_dir)' if key == 'pred' else 'true label maps'}")
+    except SegtrainError as err:
+        fail(err)
+    _evaluate_app()
 
 
 def losses_main(argv: list[str] | None = None) -> None:

@@ -53,7 +53,7 @@ def truncate_events(folder: str | Path, wall_time: float) -> int:
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    from segtrain.checkpoints import atomic_write
+    from segtrain.files import atomic_write
 
     dropped = 0
     for path in sorted(Path(folder).glob("events.out.tfevents.*")):

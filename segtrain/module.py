@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class SegmentationModule(LightningModule):
         inference: dict | None = None,
         hparams: dict | None = None,
         run_config: dict | None = None,
+        evaluation: dict | None = None,
     ):
         super().__init__()
         self.net = net
@@ -61,6 +63,12 @@ class SegmentationModule(LightningModule):
         self.val_metrics = OverlapMetrics(num_classes)
         self.val_loss = MeanMetric()
         self.train_loss = MeanMetric()
+        # configs/evaluation: how the test split (and, every N epochs, val/hd95, val/assd, val/nsd) is scored.
+        self.evaluation = dict(evaluation or {})
+        self.surface_every = int(self.evaluation.get("val_surface_every_n_epochs") or 0)
+        self.val_surface = nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in ("hd95", "assd", "nsd")})
+        self.test_rows: list[dict] = []
+        self.test_summary: dict = {}
         # An epoch's training counts travel in checkpoints, so that an epoch resumed mid-way (or whose
         # end hooks Lightning re-runs after a resume) reports the same train/dice as an uninterrupted one.
         self.train_metrics.persistent(True)
@@ -173,6 +181,8 @@ class SegmentationModule(LightningModule):
         self.val_loss.update(self.loss.loss(logits, label, **self._label_maps(batch)), weight=image.shape[0])
         pred = class_argmax(logits)
         self.val_metrics.update(pred, label)
+        if self._surface_epoch():
+            self._update_val_surface(pred, batch)
         # For callbacks (overlays, diagnostics): the whole case, its label and the prediction.
         return {"image": image, "label": label, "pred": pred, "id": batch.get("id")}
 
@@ -187,6 +197,13 @@ class SegmentationModule(LightningModule):
         # Lightning from warning that epoch values should be synced).
         self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=True, reduce_fx="max")
         self.log("val_dice", metrics["val/dice"].float(), prog_bar=True, logger=False, sync_dist=True, reduce_fx="max")
+        if self._surface_epoch():
+            for name, metric in self.val_surface.items():  # means over cases and classes, all ranks
+                with warnings.catch_warnings():  # an epoch where no case had both masks: NaN, said once below
+                    warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method.*")
+                    value = metric.compute() if metric.update_count else torch.tensor(float("nan"))
+                self.log(f"val/{name}", value.float(), sync_dist=True, reduce_fx="max")
+                metric.reset()
         self.val_metrics.reset()
         self.val_loss.reset()
         if not self.trainer.sanity_checking:
@@ -196,6 +213,67 @@ class SegmentationModule(LightningModule):
                     better = min if lower_is_better(tag) else max
                     self.best_metrics[tag] = better(self.best_metrics.get(tag, value), value)
             self.last_epoch_metrics.update({k: float(v) for k, v in metrics.items()})
+
+    def _surface_epoch(self) -> bool:
+        return self.surface_every > 0 and not self.trainer.sanity_checking and (self.current_epoch + 1) % self.surface_every == 0
+
+    def _update_val_surface(self, pred: Tensor, batch: dict) -> None:
+        """val/hd95, val/assd, val/nsd on the training grid (spacing from the case's meta), the rules of segtrain.evaluation."""
+        from segtrain.evaluation import ScoreSettings, score_case
+
+        label = batch["label"]
+        spacing = [float(v) for v in label.pixdim[0]] if hasattr(label, "pixdim") else [1.0] * (pred.ndim - 2)
+        settings = ScoreSettings.from_config(self.evaluation)
+        truth = _as_tensor(label)[0, 0].cpu().numpy()
+        for row in score_case(pred[0, 0].cpu().numpy(), truth, spacing, range(1, self.num_classes), settings):
+            for name, metric in self.val_surface.items():
+                metric.update(torch.tensor(row[name], dtype=torch.float64))
+
+    # -- the held-out test set: whole cases, scored on their label files' own grid ------------------
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        from segtrain.evaluation import ScoreSettings, score_case
+        from segtrain.evaluation.folders import read_label_map
+
+        if "count" in batch and not int(batch["count"].sum()):
+            return  # DDP padding
+        pred = class_argmax(self.predict_logits(_as_tensor(batch["image"])))
+        restored = self.trainer.datamodule.restore_prediction(pred, batch)
+        label_path = batch["label_path"][0]
+        truth = read_label_map(Path(label_path), "label")
+        spacing = _file_spacing(label_path, truth.ndim)
+        case = batch["id"][0]
+        for row in score_case(restored.astype(truth.dtype), truth, spacing, range(1, self.num_classes),
+                              ScoreSettings.from_config(self.evaluation)):
+            self.test_rows.append({"case": case, **row, "class_name": self.class_names[row["class"]]})
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        """Rows of every rank → the summary on every rank; ``test/*``: per-case means, and Dice pooled as val/dice."""
+        from segtrain.evaluation import summarise
+
+        rows = self.test_rows
+        if self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = sorted((r for part in gathered for r in part), key=lambda r: (r["case"], r["class"]))
+        self.test_rows = rows
+        evaluation = self.evaluation
+        self.test_summary = summary = summarise(
+            rows, dict(enumerate(self.class_names)), samples=int(evaluation.get("bootstrap", 1000)),
+            confidence=float(evaluation.get("confidence", 0.95)), seed=int(evaluation.get("seed", 0)))
+        summary["settings"] = {k: evaluation[k] for k in ("nsd_tolerance", "hd_percentile", "detection_overlap",
+                                                          "connectivity") if k in evaluation}
+        mean = summary["mean"]
+        metrics = {"test/dice": mean["global"]["dice"], "test/iou": mean["global"]["iou"],
+                   "test/dice_per_case": mean["dice"]["mean"], "test/hd95": mean["hd95"]["mean"],
+                   "test/assd": mean["assd"]["mean"], "test/nsd": mean["nsd"]["mean"],
+                   "test/lesion_recall": mean["lesions"]["recall"], "test/lesion_precision": mean["lesions"]["precision"]}
+        for name, stats in summary["classes"].items():
+            metrics[f"test/dice/{name}"] = stats["global"]["dice"]
+        self.log_dict({k: torch.tensor(float(v)) for k, v in metrics.items()}, sync_dist=False, rank_zero_only=True)
+        self.last_test_metrics = metrics
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from segtrain.checkpoints import capture_rng_states
@@ -264,6 +342,14 @@ class SegmentationModule(LightningModule):
             unit = "steps" if self.scheduler_interval == "step" else "epochs"
             log.info("segtrain: the learning-rate schedule now spans %s %s (was %s) for the new run length",
                      max(changed.values()), unit, max(old.values()))
+
+def _file_spacing(path: str, spatial_dims: int) -> list[float]:
+    """Voxel spacing (mm) of a label file from its header (pixels: 1 for 2D images)."""
+    from segtrain.data.readers import voxel_spacing
+    from segtrain.data.readers import read_header
+
+    return voxel_spacing(read_header(path, spatial_dims).affine, spatial_dims)
+
 
 def _as_tensor(x: Tensor) -> Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else x

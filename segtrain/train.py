@@ -16,7 +16,8 @@ log = logging.getLogger("segtrain")
 
 # Lightning's info lines that a segtrain run replaces or that say nothing actionable
 LIGHTNING_NOISE = ("💡", "`Trainer.fit` stopped", "Loading `train_dataloader` to estimate", "TPU available",
-                   "HPU available", "Restored all states from the checkpoint")
+                   "HPU available", "Restored all states from the checkpoint", "Restoring states from the checkpoint path",
+                   "Loaded model weights from the checkpoint")
 
 
 def _rank() -> int:
@@ -167,6 +168,7 @@ def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None
             "split": split or {},
             "choices": _group_choices(),  # the config groups a resume selects again (loss: tversky, ...)
         },
+        evaluation=OmegaConf.to_container(cfg.evaluation, resolve=True) if cfg.get("evaluation") else None,
     )
 
 
@@ -208,7 +210,7 @@ def _config_groups() -> set[str]:
 
 def _record_config(cfg: DictConfig) -> None:
     """Hydra saved the command line's composition; a resumed run records the config it actually runs with."""
-    from segtrain.checkpoints import write_text_atomic
+    from segtrain.files import write_text_atomic
 
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -277,6 +279,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         err.before_training = True
         raise
     _fit(trainer, module, data, cfg.get("ckpt_path"))
+    if data.test_cases:
+        _test(trainer, module, data, Path(cfg.paths.output_dir))
     return summarise(trainer, module, Path(cfg.paths.output_dir), time.perf_counter() - started)
 
 
@@ -348,6 +352,26 @@ def _fit(trainer, module, data, ckpt_path) -> None:
         raise
 
 
+def _test(trainer, module, data, output_dir: Path) -> None:
+    """Score the held-out test cases with the best checkpoint (``trainer.test``); rank 0 writes ``test_*`` files."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from segtrain.evaluation.summary import console_table, write_results
+
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+    if best and Path(best).is_file():
+        ckpt_path, which = best, f"the best checkpoint ({Path(best).name})"
+    else:  # no checkpoint was written (fast_dev_run, checkpointing off): the weights as they are
+        ckpt_path, which = None, "the final weights (no checkpoint was saved)"
+    log.info("segtrain: scoring %d test case(s) with %s", len(data.test_cases), which)
+    trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
+    if trainer.is_global_zero and module.test_rows:
+        paths = write_results(output_dir, module.test_rows, module.test_summary, prefix="test_",
+                              title=f"Test set ({which})")
+        log.info("%s\n  test per case: %s", console_table(module.test_summary), paths[0])
+
+
 def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, float]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -356,7 +380,8 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
     final = dict(module.last_epoch_metrics)
     best = module.best_metrics.get("val/dice", math.nan)
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    metrics = {**final, "best/val_dice": best, "epochs": trainer.current_epoch, "seconds": seconds}
+    metrics = {**final, **getattr(module, "last_test_metrics", {}), "best/val_dice": best, "epochs": trainer.current_epoch,
+               "seconds": seconds}
     for logger in trainer.loggers:  # HParams tab: best and final metrics
         logger.log_metrics(hparam_metrics(final, module.best_metrics), step=trainer.global_step)
         logger.save()
@@ -366,6 +391,11 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
             f"  best val/dice {best:.4f}; final val/dice {final.get('val/dice', math.nan):.4f}, "
             f"val/iou {final.get('val/iou', math.nan):.4f}, val/loss {final.get('val/loss', math.nan):.4f}",
         ]
+        test = getattr(module, "last_test_metrics", None)
+        if test:
+            lines.append(f"  test ({module.test_summary.get('cases', 0)} cases): dice {test['test/dice']:.4f} (global), "
+                         f"{test['test/dice_per_case']:.4f} (per-case mean), hd95 {test['test/hd95']:.2f}, "
+                         f"nsd {test['test/nsd']:.4f}, lesion recall {test['test/lesion_recall']:.3f}")
         last = getattr(checkpoint, "last_path", None)
         if checkpoint is not None and last is not None and last.is_file():
             epoch = "" if checkpoint.last_epoch_saved is None else f", epoch {checkpoint.last_epoch_saved}"

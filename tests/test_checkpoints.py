@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_2D, compose
-from segtrain.checkpoints import (SafeCheckpointIO, atomic_write, capture_rng_states, read_checkpoint,
-                                  remove_stale_temporaries, restore_rng_states, write_text_atomic)
+from segtrain.checkpoints import SafeCheckpointIO, capture_rng_states, read_checkpoint, restore_rng_states
+from segtrain.files import atomic_write, remove_stale_temporaries, write_text_atomic
 from segtrain.errors import CheckpointError, ConfigError, NonFiniteError
 
 

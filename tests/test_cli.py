@@ -80,13 +80,26 @@ def test_mixed_precision(tmp_path, cache_dir, precision):
 
 
 def test_ddp_two_cpu_processes_logs_global_metrics(tmp_path, cache_dir):
-    """val/dice logged by a 2-process run equals a single-process evaluation of all validation cases."""
+    """val/dice logged by a 2-process run equals a single-process evaluation of all validation cases.
+
+    The 3 held-out test cases (2 ranks, one padding item) are scored once each, the rows gathered on rank 0.
+    """
+    import csv
+    import json
+
     run = tmp_path / "run"
     # 3 validation cases on 2 ranks: one rank also gets a padding item, which must not be scored.
-    ddp_data = ["data.synthetic.num_cases=8", "data.val_fraction=0.375"]
+    ddp_data = ["data.synthetic.num_cases=11", "data.test_fraction=0.27", "data.val_fraction=0.375"]
     ok(run_cli([*TINY_3D, *ddp_data, "loss=tversky", "loss.alpha=0.7", "trainer.accelerator=cpu", "trainer.devices=2",
                 f"hydra.run.dir={run}"], tmp_path, cache_dir))
     logged = read_scalars(run)["val/dice"][-1].value
+    test_cases = [r["case"] for r in csv.DictReader((run / "test_metrics_per_case.csv").open())]
+    summary = json.loads((run / "test_summary.json").read_text())
+    assert sorted(test_cases) == sorted(json.loads((run / "split.json").read_text())["test"]) and len(test_cases) == 3
+    assert summary["cases"] == 3
+    pooled = summary["mean"]["global"]["dice"]
+    test_dice = read_scalars(run)["test/dice"][-1].value
+    assert (math.isnan(test_dice) and pooled is None) or test_dice == pytest.approx(pooled, abs=1e-6)
 
     import torch
     from lightning.pytorch import Trainer

@@ -25,7 +25,8 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from segtrain.checkpoints import nonfinite_tensors, remove_stale_temporaries
+from segtrain.checkpoints import nonfinite_tensors
+from segtrain.files import remove_stale_temporaries
 from segtrain.errors import NonFiniteError
 
 

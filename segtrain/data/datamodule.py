@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
 
-from segtrain.checkpoints import write_text_atomic
+from segtrain.files import write_text_atomic
 from segtrain.data.loaders import (EpochSampler, ResumableLoader, _PaddedShards, _Repeat, _ShardSampler, _world,
                                    collate_patches, resolve_workers, worker_threads)
 from segtrain.data.options import DataOptions
@@ -105,8 +106,11 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
         DataError: the dataset is missing, empty or fails preflight (one line naming the file and the fix).
         ConfigError: a ``data.*`` option is invalid.
     """
-    from segtrain.data.layouts import list_cases
+    from dataclasses import replace
+
+    from segtrain.data.layouts import list_cases, list_test_cases
     from segtrain.data.preflight import run_preflight
+    from segtrain.data.split import hold_out
     from segtrain.data.synthetic import ensure_synthetic
     from segtrain.data.transforms import normalize_modes
 
@@ -116,6 +120,13 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
         root = ensure_synthetic(options.cache_dir, options.synthetic)
     listing = list_cases(root, options.layout)
     spatial_dims = 2 if listing.layout == "images2d" else 3
+    test_cases = list_test_cases(listing)  # imagesTs/ + labelsTs/ win over data.test_fraction
+    test_source = "imagesTs/ + labelsTs/"
+    if not test_cases and options.test_fraction:
+        test_source = f"data.test_fraction={options.test_fraction}"
+        kept, test_ids = hold_out([c["id"] for c in listing.cases], options.test_fraction)
+        test_cases = [c for c in listing.cases if c["id"] in set(test_ids)]
+        listing = replace(listing, cases=[c for c in listing.cases if c["id"] in set(kept)])  # the plan never sees them
     if options.patch_size is not None and len(options.patch_size) != spatial_dims:
         raise ConfigError(
             f"data.patch_size={options.patch_size} has {len(options.patch_size)} sides but the data is {spatial_dims}D; "
@@ -131,6 +142,11 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
         cache_dir=Path(options.cache_dir).expanduser() if options.cache_dir and options.preflight_cache else None,
         workers=options.preflight_workers,
     )
+    if test_cases:  # the same checks, against the training classes; its own preflight cache
+        test_cache = Path(options.cache_dir).expanduser() / "preflight-test" if options.cache_dir and options.preflight_cache else None
+        run_preflight(replace(listing, cases=test_cases, root=listing.root / "test"), spatial_dims, report.num_classes,
+                      mapping, geometry_tolerance=float(options.geometry_tolerance), cache_dir=test_cache,
+                      workers=options.preflight_workers)
     in_channels = report.cases[0].channels
     plan = plan_dataset(options, report, spatial_dims, model_divisor)
     spec = DataSpec(
@@ -150,16 +166,20 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
     train_ids, val_ids = split_cases([c["id"] for c in listing.cases], options.fold, options.num_folds, options.val_fraction)
     report.notes = [plan.summary(), *_report_notes(options, report, spec, len(train_ids))]
     log.info("%s", report.summary())
+    if test_cases:
+        log.info("test set: %d held-out case(s) from %s, scored after training with the best checkpoint",
+                 len(test_cases), test_source)
     by_id = {c["id"]: c for c in listing.cases}
     if output_dir is not None:
         output_dir = Path(output_dir)
         report.save(output_dir)
-        write_text_atomic(output_dir / "split.json", json.dumps({"train": train_ids, "val": val_ids}, indent=2))
+        split = {"train": train_ids, "val": val_ids, **({"test": [c["id"] for c in test_cases]} if test_cases else {})}
+        write_text_atomic(output_dir / "split.json", json.dumps(split, indent=2))
         spec.save(output_dir / "data_spec.json")
         plan.save(output_dir / "plan.json")
     return SegmentationDataModule(options, spec, [by_id[i] for i in train_ids], [by_id[i] for i in val_ids], mapping,
                                   report, label_maps=label_maps, dataset_root=listing.root, seed=seed,
-                                  batch_size=plan.batch_size, augmentation=augmentation)
+                                  batch_size=plan.batch_size, augmentation=augmentation, test_cases=test_cases)
 
 
 def _file_hash(item: dict) -> bytes:
@@ -177,8 +197,11 @@ class SegmentationDataModule(LightningDataModule):
 
     def __init__(self, options: DataOptions, spec: DataSpec, train_cases: list[dict], val_cases: list[dict],
                  label_mapping: dict | None = None, report=None, label_maps: dict | None = None,
-                 dataset_root: Path | None = None, seed: int = 0, batch_size: int | None = None, augmentation=None):
+                 dataset_root: Path | None = None, seed: int = 0, batch_size: int | None = None, augmentation=None,
+                 test_cases: list[dict] | None = None):
         super().__init__()
+        self.test_cases = list(test_cases or [])
+        self.test_set = self._test_pipeline = None
         self.augmentation = augmentation
         self.options = options
         self.num_workers = resolve_workers(options.num_workers, augmentation)
@@ -282,4 +305,38 @@ class SegmentationDataModule(LightningDataModule):
         return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers,
                           worker_init_fn=worker_threads if workers > 0 else None)
 
+    # -- the held-out test set: whole cases, scored on their own grid against the label files ---------
+    def _test_dataset(self):
+        from monai.data import Dataset
 
+        from segtrain.data.transforms import inference_transforms
+
+        if self.test_set is None:
+            self._test_pipeline = inference_transforms(None, self.spec)
+            items = [{"image": c["image"] if len(c["image"]) > 1 else c["image"][0], "label_path": c["label"], "id": c["id"]}
+                     for c in self.test_cases]
+            self.test_set = Dataset(items, self._test_pipeline)  # not cached: read once, meta kept for the inversion
+        return self.test_set
+
+    def test_dataloader(self):
+        from monai.data import DataLoader
+
+        dataset, sampler = self._test_dataset(), None
+        world, rank = _world()
+        if world > 1:
+            dataset = _PaddedShards(dataset, world)
+            sampler = _ShardSampler(dataset, world, rank)
+        return DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=0)
+
+    def restore_prediction(self, pred, batch: dict) -> np.ndarray:
+        """A test case's hard prediction (1, 1, *S) mapped back onto its label file's grid (orientation, spacing undone)."""
+        from monai.data import MetaTensor, decollate_batch
+
+        from segtrain.data.transforms import prediction_inverter
+
+        item = decollate_batch(batch)[0]
+        image = item["image"]
+        item["pred"] = MetaTensor(pred[0].detach().cpu().to(torch.uint8 if self.spec.num_classes <= 256 else torch.int16),
+                                  meta=dict(image.meta), applied_operations=list(image.applied_operations))
+        restored = prediction_inverter(self._test_pipeline)(item)["pred"]
+        return np.asarray(restored.detach().cpu())[0]

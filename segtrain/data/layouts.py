@@ -101,6 +101,41 @@ def list_cases(root: str | Path, layout: str = "auto") -> DatasetListing:
     return listing
 
 
+def list_test_cases(listing: DatasetListing) -> list[dict]:
+    """Held-out labelled cases of the dataset: ``imagesTs/`` with ``labelsTs/`` beside ``imagesTr/`` (any layout).
+
+    Files are named as in training: nnU-Net's ``CASE_0000<ending>`` images and ``CASE<ending>`` labels, or one
+    image per case with the label's name. Images without a label are left out (they can only be predicted).
+
+    Raises:
+        DataError: a case without all its channel files.
+    """
+    images_dir, labels_dir = listing.root / "imagesTs", listing.root / "labelsTs"
+    if not (images_dir.is_dir() and labels_dir.is_dir()):
+        return []
+    channels = len(listing.cases[0]["image"]) if listing.cases else 1
+    labels = {strip_suffix(p.name): p for p in sorted(labels_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    by_case: dict[str, dict[int, str]] = {}
+    pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+    for path in sorted(images_dir.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or strip_suffix(path.name) == path.name:
+            continue
+        stem = strip_suffix(path.name)
+        match = pattern.match(stem)
+        case, channel = (match["case"], int(match["channel"])) if match and stem not in labels else (stem, 0)
+        by_case.setdefault(case, {})[channel] = str(path)
+    cases = []
+    for case_id, files in sorted(by_case.items()):
+        if case_id not in labels:
+            continue
+        missing = [c for c in range(channels) if c not in files]
+        if missing and len(files) != 1:
+            raise DataError(f"{images_dir}: test case {case_id} lacks channel file {case_id}_{missing[0]:04d}; "
+                            f"the training cases have {channels} channel(s)")
+        cases.append({"id": case_id, "image": [files[c] for c in sorted(files)], "label": str(labels[case_id])})
+    return cases
+
+
 def _read_json(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())

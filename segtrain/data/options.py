@@ -52,6 +52,7 @@ class DataOptions:
     pos_fraction: float
     sampling: str
     val_fraction: float
+    test_fraction: float
     fold: int | None
     num_folds: int
     normalize: str | list[str] | None
@@ -116,6 +117,8 @@ class DataOptions:
             raise ConfigError(f"data.geometry_tolerance={self.geometry_tolerance} must be >= 0 (voxels)")
         if self.fold is None and not 0.0 < float(self.val_fraction) < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must lie strictly between 0 and 1")
+        if not 0.0 <= float(self.test_fraction) < 1.0:
+            raise ConfigError(f"data.test_fraction={self.test_fraction} must lie in [0, 1) (0: no held-out test cases)")
         if not 0.0 < float(self.cache_rate) <= 1.0:
             raise ConfigError(f"data.cache_rate={self.cache_rate} must lie in (0, 1]")
         from segtrain.data.loaders import resolve_workers

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtrain.checkpoints import write_text_atomic
+from segtrain.files import write_text_atomic
 
 ANISOTROPY = 3.0               # nnU-Net's ANISO_THRESHOLD
 MIN_EDGE = 4                   # smallest bottleneck feature map side (UNet_featuremap_min_edge_length)

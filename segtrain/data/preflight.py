@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segtrain.checkpoints import write_text_atomic
+from segtrain.files import write_text_atomic
 from segtrain.data.readers import _first_line, _Header, read_header, read_voxels  # noqa: F401
+from segtrain.data.readers import max_displacement as _max_displacement, voxel_spacing as _spacing
 from segtrain.data.report import CaseInfo, DatasetReport
 from segtrain.errors import DataError
 
@@ -48,19 +49,6 @@ def _chunks(array: np.ndarray):
     flat = array.reshape(-1, order="A")  # a view for C- or F-contiguous arrays
     for start in range(0, flat.size, CHUNK):
         yield start, flat[start:start + CHUNK]
-
-
-def _max_displacement(a: np.ndarray, b: np.ndarray, shape) -> float:
-    """Largest distance (mm) between where two affines put the same voxel, over the corners of the grid."""
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(len(shape), -1)
-    homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
-    return float(np.linalg.norm((a - b)[:3] @ homogeneous, axis=0).max())
-
-
-def _spacing(affine: np.ndarray | None, spatial_dims: int) -> list[float]:
-    if affine is None:
-        return [1.0] * spatial_dims
-    return np.sqrt((affine[:3, :3] ** 2).sum(0)).tolist()[:spatial_dims]
 
 
 @dataclass

@@ -184,3 +184,17 @@ def read_voxels(path: str) -> tuple[np.ndarray, float, float]:
         return reader_for(path).voxels(path)
     except Exception as err:  # noqa: BLE001
         raise _unreadable(path, err) from None
+
+
+def max_displacement(a: np.ndarray, b: np.ndarray, shape) -> float:
+    """Largest distance (mm) between where two affines put the same voxel, over the corners of the grid."""
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(len(shape), -1)
+    homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
+    return float(np.linalg.norm((a - b)[:3] @ homogeneous, axis=0).max())
+
+
+def voxel_spacing(affine: np.ndarray | None, spatial_dims: int) -> list[float]:
+    """Voxel sizes (mm) along each axis from a 4x4 affine (column norms); 1 per pixel for 2D images (no affine)."""
+    if affine is None:
+        return [1.0] * spatial_dims
+    return np.sqrt((affine[:3, :3] ** 2).sum(0)).tolist()[:spatial_dims]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtrain.checkpoints import write_text_atomic
+from segtrain.files import write_text_atomic
 
 TINY_FOREGROUND = 0.01         # below this share of voxels, the report suggests imbalance-aware losses
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from segtrain.checkpoints import write_text_atomic
+from segtrain.files import write_text_atomic
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The train/validation split: deterministic by case id (``split.json`` in the run dir)."""
+"""The train/validation(/test) split: deterministic by case id (``split.json`` in the run dir)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,21 @@ def split_cases(case_ids: list[str], fold: int | None = None, num_folds: int = 5
         n_val = min(len(ids) - 1, max(1, round(fraction * len(ids))))
         val = set(shuffled[:n_val])
     return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+def hold_out(case_ids: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(kept, test): a deterministic ``fraction`` of the cases (by sorted id, its own seed) set aside as a test set.
+
+    Drawn before, and independently of, the train/validation split, so changing ``data.fold`` or
+    ``data.val_fraction`` never moves a case into or out of the test set.
+    """
+    ids = sorted(case_ids)
+    if not fraction:
+        return ids, []
+    n_test = max(1, round(float(fraction) * len(ids)))
+    if len(ids) - n_test < 2:
+        raise ConfigError(f"data.test_fraction={fraction} leaves {len(ids) - n_test} of {len(ids)} cases to train and "
+                          "validate on; at least 2 are needed: lower data.test_fraction")
+    order = np.random.RandomState(54321).permutation(len(ids))
+    test = {ids[i] for i in order[:n_test]}
+    return [i for i in ids if i not in test], [i for i in ids if i in test]

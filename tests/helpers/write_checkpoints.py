@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from segtrain.checkpoints import atomic_write
+from segtrain.files import atomic_write
 
 if os.environ.get("SEGTRAIN_TEST_NO_O_TMPFILE"):
     del os.O_TMPFILE
