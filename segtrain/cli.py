@@ -206,7 +206,7 @@ def _evaluate_app(cfg: DictConfig) -> None:
         classes = None if cfg.classes is None else [int(c) for c in cfg.classes]
         evaluate_folders(cfg.pred, cfg.label, output_dir, OmegaConf.to_container(cfg, resolve=True),
                          num_classes=cfg.num_classes, classes=classes, geometry_tolerance=float(cfg.geometry_tolerance),
-                         progress=bool(cfg.progress))
+                         progress=bool(cfg.progress), label_mapping=cfg.label_mapping)
     except SegtrainError as err:
         if output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {"evaluate.log"}:
             import shutil

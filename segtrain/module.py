@@ -239,7 +239,7 @@ class SegmentationModule(LightningModule):
         pred = class_argmax(self.predict_logits(_as_tensor(batch["image"])))
         restored = self.trainer.datamodule.restore_prediction(pred, batch)
         label_path = batch["label_path"][0]
-        truth = read_label_map(Path(label_path), "label")
+        truth = read_label_map(Path(label_path), "label", self.trainer.datamodule.label_mapping)
         spacing = _file_spacing(label_path, truth.ndim)
         case = batch["id"][0]
         for row in score_case(restored.astype(truth.dtype), truth, spacing, range(1, self.num_classes),

@@ -227,7 +227,8 @@ def predict(cfg: DictConfig) -> list[Path]:
 
         evaluate_folders(output_dir, label, output_dir / "evaluation", OmegaConf.to_container(cfg.evaluation, resolve=True),
                          class_names=list(spec.class_names), num_classes=spec.num_classes,
-                         progress=bool(cfg.get("progress", True)), cases=[case for case, _ in cases])
+                         progress=bool(cfg.get("progress", True)), cases=[case for case, _ in cases],
+                         label_mapping=run_cfg.data.get("label_mapping"))  # the labels as the run read them
     return written
 def _with_meta(array: torch.Tensor, like):
     from monai.data import MetaTensor

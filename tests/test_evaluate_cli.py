@@ -114,3 +114,24 @@ def test_bad_predictions_give_one_line_naming_the_file_and_write_nothing(tmp_pat
     assert len(lines) == 1 and lines[0].startswith("segtrain: error: "), proc.stderr
     assert expected in lines[0] and "b.nii.gz" in lines[0], lines[0]
     assert not out.exists()
+
+
+def test_0_255_masks_need_a_label_mapping_and_get_one(tmp_path):
+    """Labels stored as 0/255 against predicted class indices: an error naming label_mapping, not a silent Dice of 0."""
+    from PIL import Image
+
+    from segtrain.errors import DataError
+    from segtrain.evaluation import evaluate_folders
+
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "pred").mkdir()
+    mask = np.zeros((16, 24), np.uint8)
+    mask[4:9, 5:12] = 1
+    Image.fromarray(mask * 255).save(tmp_path / "labels" / "m.png")
+    Image.fromarray(mask).save(tmp_path / "pred" / "m.png")
+    with pytest.raises(DataError, match=r"label_mapping='\{255: 1\}'"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "labels", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "labels", tmp_path / "out", progress=False,
+                               label_mapping="{255: 1}")
+    assert summary["classes"]["class1"]["dice"]["mean"] == 1.0

@@ -65,3 +65,31 @@ def test_images_ts_of_an_nnunet_dataset_is_the_test_set_and_scored_on_its_own_gr
     truth_voxels = int(np.count_nonzero(np.asarray(nib.load(root / "labelsTs" / "ts0.nii.gz").dataobj) == 1))
     assert int(rows[0]["truth_voxels"]) == truth_voxels  # counted on the label file's own 2 mm grid
     assert json.loads((run / "split.json").read_text())["test"] == ["ts0", "ts1"]
+
+
+def test_test_split_reads_labels_through_the_runs_label_mapping(tmp_path, cache_dir):
+    """A 2D dataset of 0/255 masks trained with data.label_mapping: the test labels are mapped the same way."""
+    from PIL import Image
+
+    from conftest import TINY_2D
+
+    source = next(cache_dir.glob("synthetic2d_*/images"), None)
+    if source is None:  # the 2D synthetic set is made by the first 2D run of the session
+        assert run_cli([*TINY_2D, "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / 'warm'}"], tmp_path,
+                       cache_dir).returncode == 0
+        source = next(cache_dir.glob("synthetic2d_*/images"))
+    root = tmp_path / "masks"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for image in sorted(source.iterdir())[:6]:
+        shutil.copy(image, root / "images" / image.name)
+        label = np.asarray(Image.open(source.parent / "labels" / image.name))
+        Image.fromarray((label > 0).astype(np.uint8) * 255).save(root / "labels" / image.name)
+    run = tmp_path / "run"
+    tiny = [a for a in TINY_2D if not a.startswith(("data=", "data.synthetic"))]
+    proc = run_cli([*tiny, "data=images2d", f"data.root={root}", "data.label_mapping={255: 1}", "data.test_fraction=0.34",
+                    f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(run)
+    assert len(rows) == 2 and {r["class"] for r in rows} == {"1"}
+    assert sum(int(r["truth_voxels"]) for r in rows) > 0  # 255 became class 1, not an unscored value

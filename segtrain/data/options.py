@@ -16,8 +16,8 @@ SAMPLINGS = ("posneg", "class_balanced")
 CACHES = ("memory", "disk", "none")
 
 
-def _parse_mapping(value) -> dict[int, int] | None:
-    """``data.label_mapping``: ``{255: 1}`` or its text ``'{255: 1}'`` → ``{255: 1}``."""
+def parse_label_mapping(value, key: str = "data.label_mapping") -> dict[int, int] | None:
+    """``data.label_mapping`` (or ``key``): ``{255: 1}`` or its text ``'{255: 1}'`` → ``{255: 1}``."""
     if not value:
         return None
     mapping = value
@@ -31,8 +31,8 @@ def _parse_mapping(value) -> dict[int, int] | None:
     try:
         return {int(k): int(v) for k, v in dict(mapping).items()}
     except (TypeError, ValueError):
-        raise ConfigError(f"data.label_mapping={value!r} must map label values to class indices, "
-                          "e.g. data.label_mapping='{255: 1}'") from None
+        raise ConfigError(f"{key}={value!r} must map label values to class indices, "
+                          f"e.g. {key}='{{255: 1}}'") from None
 
 
 @dataclass
@@ -72,7 +72,7 @@ class DataOptions:
         from segtrain.data.layouts import LAYOUTS
         from segtrain.data.plan import PLAN_MODES
 
-        self.label_mapping = _parse_mapping(self.label_mapping)
+        self.label_mapping = parse_label_mapping(self.label_mapping)
         if self.layout not in LAYOUTS:
             raise ConfigError(f"data.layout={self.layout!r} is unknown; use one of {', '.join(LAYOUTS)}")
         if self.plan not in PLAN_MODES:

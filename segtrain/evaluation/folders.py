@@ -118,8 +118,8 @@ def check_pair(pair: Pair, geometry_tolerance: float = 0.05) -> None:
                             f"{shift:.3g} mm; predict on this label's image, or resample the prediction onto the label grid")
 
 
-def read_label_map(path: Path, what: str) -> np.ndarray:
-    """Integral class indices of a label or prediction file (spatial axes, MONAI's order)."""
+def read_label_map(path: Path, what: str, mapping: dict[int, int] | None = None) -> np.ndarray:
+    """Integral class indices of a label or prediction file (spatial axes, MONAI's order), values remapped by ``mapping``."""
     raw, slope, intercept = read_voxels(str(path))
     if raw.ndim > 3 or (raw.ndim == 3 and path.name.lower().endswith(IMAGE_2D_SUFFIXES)):
         raw = raw.reshape(raw.shape[:3] if raw.ndim > 3 else raw.shape[:2]) if raw.shape[-1] == 1 else raw
@@ -127,7 +127,13 @@ def read_label_map(path: Path, what: str) -> np.ndarray:
     if not np.issubdtype(values.dtype, np.integer):
         if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
             raise DataError(f"{path}: the {what} has non-integral values; pass hard label maps (class indices 0, 1, ...)")
-    return np.asarray(values).astype(np.int32)
+    values = np.asarray(values).astype(np.int32)
+    if mapping:  # e.g. {255: 1} for 0/255 masks, as data.label_mapping did for training
+        mapped = values.copy()
+        for source, target in mapping.items():
+            mapped[values == source] = target
+        values = mapped
+    return values
 
 
 def _check_range(array: np.ndarray, path: Path, what: str, num_classes: int | None) -> None:
@@ -138,24 +144,38 @@ def _check_range(array: np.ndarray, path: Path, what: str, num_classes: int | No
 
 
 def evaluate_pairs(pairs: list[Pair], settings: ScoreSettings, num_classes: int | None = None,
-                   classes: list[int] | None = None, progress: bool = True) -> list[dict]:
+                   classes: list[int] | None = None, progress: bool = True,
+                   label_mapping: dict[int, int] | None = None) -> list[dict]:
     """Rows of ``score_case`` with the ``case`` id, for every checked pair (a progress bar on a terminal).
 
     Classes: ``classes``, else 1..``num_classes``-1, else every foreground value found in any file.
+    ``label_mapping`` remaps the label files' values first (``{255: 1}``).
+
+    Raises:
+        DataError: a bad file; or, with no class list, labels and predictions that share no foreground
+            value at all (0/255 masks against class indices: a Dice of 0 that says nothing).
     """
     from tqdm.auto import tqdm
 
     wanted = classes if classes is not None else list(range(1, num_classes)) if num_classes else None
     rows = []
+    seen_truth, seen_pred = set(), set()
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress or None, leave=False):
-        truth = read_label_map(pair.label, "label")
+        truth = read_label_map(pair.label, "label", label_mapping)
         _check_range(truth, pair.label, "label", num_classes)
         pred = read_label_map(pair.pred, "prediction")
         _check_range(pred, pair.pred, "prediction", num_classes)
-        found = wanted or sorted(v for v in {*np.unique(truth).tolist(), *np.unique(pred).tolist()} if v > 0)
+        truth_values, pred_values = set(np.unique(truth).tolist()) - {0}, set(np.unique(pred).tolist()) - {0}
+        seen_truth |= truth_values
+        seen_pred |= pred_values
+        found = wanted or sorted(truth_values | pred_values)
         rows += [{"case": pair.case, **row} for row in score_case(pred, truth, pair.spacing, found, settings)]
-    if wanted is None:  # every case gets a row for every class seen anywhere
-        rows = _fill_classes(rows, pairs)
+    if wanted is None:
+        if seen_truth and seen_pred and not seen_truth & seen_pred:
+            raise DataError(f"label={pairs[0].label.parent}: the labels hold the values {sorted(seen_truth)[:5]}, the predictions "
+                            f"{sorted(seen_pred)[:5]}, never the same; map the label values to the classes, e.g. "
+                            "label_mapping='{255: 1}' for 0/255 masks, or set num_classes")
+        rows = _fill_classes(rows, pairs)  # every case gets a row for every class seen anywhere
     return rows
 
 
@@ -178,11 +198,12 @@ def _fill_classes(rows: list[dict], pairs: list[Pair]) -> list[dict]:
 def evaluate_folders(pred: str | Path, label: str | Path, output_dir: str | Path, evaluation: Mapping | None = None,
                      class_names: list[str] | dict[int, str] | None = None, num_classes: int | None = None,
                      classes: list[int] | None = None, geometry_tolerance: float = 0.05, progress: bool = True,
-                     cases: list[str] | None = None) -> dict:
+                     cases: list[str] | None = None, label_mapping: dict | str | None = None) -> dict:
     """Match, check, score and write ``metrics_per_case.csv``, ``summary.json``, ``summary.md``; returns the summary.
 
     ``evaluation``: the keys of configs/evaluation/default.yaml (scoring and bootstrap settings).
     ``cases``: score only these case ids among the predictions (``segtrain-predict label=DIR``: the ones it wrote).
+    ``label_mapping``: label value → class index (``{255: 1}``, or its text), applied to the label files.
     """
     from segtrain.evaluation.summary import console_table, summarise, write_results
 
@@ -202,7 +223,9 @@ def evaluate_folders(pred: str | Path, label: str | Path, output_dir: str | Path
     if unmatched and cases is None:
         log.warning("segtrain-evaluate: %d label(s) without a prediction left out (e.g. %s)", len(unmatched),
                     ", ".join(unmatched[:3]))
-    rows = evaluate_pairs(pairs, settings, num_classes, classes, progress)
+    from segtrain.data.options import parse_label_mapping
+
+    rows = evaluate_pairs(pairs, settings, num_classes, classes, progress, parse_label_mapping(label_mapping, "label_mapping"))
     for row in rows:
         row["class_name"] = names.get(row["class"], f"class{row['class']}")
     summary = summarise(rows, {c: names.get(c, f"class{c}") for c in {r["class"] for r in rows}},
