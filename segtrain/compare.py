@@ -1,8 +1,9 @@
 """``segtrain-compare DIR...``: compare runs from their TensorBoard event files.
 
 Each DIR is a run directory or a folder holding runs (a multirun sweep directory, ``outputs/train``).
-Prints one row per run: best and final val/dice, val/iou, val/loss, epochs and wall time, sorted by
-best val/dice (``--sort``), as a markdown table, or CSV with ``--csv`` (``--csv FILE`` writes the
+Prints one row per run: best and final val/dice, val/iou, val/loss, the held-out test set's scores
+(``test/dice`` pooled, ``test/dice_per_case``, ``test/hd95``, ``test/nsd``; runs with a test set),
+epochs and wall time, sorted by best val/dice (``--sort``), as a markdown table, or CSV with ``--csv`` (``--csv FILE`` writes the
 CSV to FILE and still prints the table). ``--plot FILE.png`` draws the val/dice curves of all runs.
 
 Best is the maximum over epochs of Dice and IoU and the minimum of the loss; final is the last epoch.
@@ -22,7 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-from segtrain.events import RUN_METRICS, RunSummary, find_runs, lower_is_better, run_overrides, summarise_run
+from segtrain.events import RUN_METRICS, TEST_METRICS, RunSummary, find_runs, lower_is_better, run_overrides, summarise_run
 
 SORT_KEYS = {
     "best_val_dice": ("best", "val/dice"),
@@ -31,6 +32,7 @@ SORT_KEYS = {
     "final_val_iou": ("final", "val/iou"),
     "best_val_loss": ("best", "val/loss"),
     "final_val_loss": ("final", "val/loss"),
+    "test_dice": ("test", "test/dice"),
     "epochs": None,
     "wall_time": None,
     "name": None,
@@ -76,7 +78,7 @@ def sort_runs(summaries: list[RunSummary], key: str) -> list[RunSummary]:
         sign = -1 if key == "epochs" else 1
     else:
         kind, tag = SORT_KEYS[key]
-        value = lambda s: getattr(s, kind)[tag]  # noqa: E731
+        value = lambda s: getattr(s, kind).get(tag, math.nan)  # noqa: E731
         sign = 1 if lower_is_better(tag) else -1
     return sorted(summaries, key=lambda s: (not math.isfinite(value(s)), sign * value(s) if math.isfinite(value(s)) else 0, s.name))
 
@@ -95,8 +97,14 @@ def columns() -> list[str]:
     return [f"{kind} {tag}" for tag in RUN_METRICS for kind in ("best", "final")]
 
 
+def _test_tags(summaries: list[RunSummary]) -> list[str]:
+    """The test columns, when any run scored a test set."""
+    return [tag for tag in TEST_METRICS if any(tag in s.test for s in summaries)]
+
+
 def markdown_table(summaries: list[RunSummary]) -> str:
-    header = ["run", *columns(), "epochs", "wall time"]
+    tests = _test_tags(summaries)
+    header = ["run", *columns(), *tests, "epochs", "wall time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     for s in summaries:
         cells = [s.name.replace("|", "\\|")]
@@ -104,6 +112,7 @@ def markdown_table(summaries: list[RunSummary]) -> str:
             for kind in ("best", "final"):
                 v = getattr(s, kind)[tag]
                 cells.append(f"{v:.4f}" if math.isfinite(v) else "-")
+        cells += [f"{s.test[t]:.4f}" if math.isfinite(s.test.get(t, math.nan)) else "-" for t in tests]
         cells += [str(s.epochs), format_seconds(s.wall_time)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -112,9 +121,12 @@ def markdown_table(summaries: list[RunSummary]) -> str:
 def csv_table(summaries: list[RunSummary]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run", *[c.replace(" ", "_").replace("/", "_") for c in columns()], "epochs", "wall_time_s", "path"])
+    tests = _test_tags(summaries)
+    writer.writerow(["run", *[c.replace(" ", "_").replace("/", "_") for c in columns()], *[t.replace("/", "_") for t in tests],
+                     "epochs", "wall_time_s", "path"])
     for s in summaries:
         values = [getattr(s, kind)[tag] for tag in RUN_METRICS for kind in ("best", "final")]
+        values += [s.test.get(t, math.nan) for t in tests]
         writer.writerow([s.name, *[repr(v) if math.isfinite(v) else "" for v in values], s.epochs,
                          f"{s.wall_time:.3f}" if math.isfinite(s.wall_time) else "", str(s.path)])
     return out.getvalue()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -102,6 +102,7 @@ def read_hparams(run_dir: str | Path) -> dict[str, object]:
 # -- run summaries: best and final metrics (HParams tab, segtrain-compare) -------------------------
 
 RUN_METRICS = ("val/dice", "val/iou", "val/loss")  # best: max of Dice and IoU, min of the loss
+TEST_METRICS = ("test/dice", "test/dice_per_case", "test/hd95", "test/nsd")  # a run's held-out test set, once
 
 
 def lower_is_better(tag: str) -> bool:
@@ -149,6 +150,7 @@ class RunSummary:
     epochs: int
     wall_time: float  # seconds between the first and the last event
     curves: dict[str, list[tuple[float, float]]]  # tag -> [(epoch, value)] for plots
+    test: dict[str, float] = field(default_factory=dict)  # TEST_METRICS of a run with a test set
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -214,4 +216,5 @@ def summarise_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
         epochs = len(series.get("val/dice", []))
     times = [s.wall_time for values in series.values() for s in values]
     wall = (max(times) - min(times)) if times else math.nan
-    return RunSummary(name or run_dir.name, run_dir, best, final, epochs, wall, curves)
+    test = {tag: series[tag][-1].value for tag in TEST_METRICS if series.get(tag)}
+    return RunSummary(name or run_dir.name, run_dir, best, final, epochs, wall, curves, test)

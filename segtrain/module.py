@@ -272,7 +272,9 @@ class SegmentationModule(LightningModule):
                    "test/lesion_recall": mean["lesions"]["recall"], "test/lesion_precision": mean["lesions"]["precision"]}
         for name, stats in summary["classes"].items():
             metrics[f"test/dice/{name}"] = stats["global"]["dice"]
-        self.log_dict({k: torch.tensor(float(v)) for k, v in metrics.items()}, sync_dist=False, rank_zero_only=True)
+        if self.trainer.is_global_zero:  # straight to the loggers: no `epoch` value after the last epoch's
+            for logger in self.loggers:
+                logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=self.global_step)
         self.last_test_metrics = metrics
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -230,6 +230,8 @@ def predict(cfg: DictConfig) -> list[Path]:
                          progress=bool(cfg.get("progress", True)), cases=[case for case, _ in cases],
                          label_mapping=run_cfg.data.get("label_mapping"))  # the labels as the run read them
     return written
+
+
 def _with_meta(array: torch.Tensor, like):
     from monai.data import MetaTensor
 

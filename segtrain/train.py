@@ -366,7 +366,7 @@ def _test(trainer, module, data, output_dir: Path) -> None:
         ckpt_path, which = None, "the final weights (no checkpoint was saved)"
     log.info("segtrain: scoring %d test case(s) with %s", len(data.test_cases), which)
     trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
-    if trainer.is_global_zero and module.test_rows:
+    if trainer.is_global_zero and module.test_rows and not trainer.fast_dev_run:  # a smoke test writes nothing
         paths = write_results(output_dir, module.test_rows, module.test_summary, prefix="test_",
                               title=f"Test set ({which})")
         log.info("%s\n  test per case: %s", console_table(module.test_summary), paths[0])

@@ -33,6 +33,11 @@ def test_test_fraction_holds_cases_out_and_scores_them_after_training(tmp_path, 
     for tag in ("test/dice", "test/dice_per_case", "test/hd95", "test/nsd", "test/lesion_recall", "val/hd95", "val/nsd"):
         assert tag in scalars, tag
     assert (run / "test_summary.json").is_file() and (run / "test_summary.md").is_file()
+    from segtrain.compare import compare, markdown_table
+
+    (row,) = compare([run])  # segtrain-compare shows the test columns, and the test adds no epoch
+    assert row.test["test/dice"] == pytest.approx(scalars["test/dice"][-1].value) and row.epochs == 1
+    assert "test/dice_per_case" in markdown_table([row])
     # the test cases never entered the plan: the dataset report counts the 6 others
     assert json.loads((run / "dataset_report.json").read_text())["num_cases"] == 6
 
