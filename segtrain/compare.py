@@ -12,6 +12,10 @@ runs compared (all of them for a single run), else its directory name.
 
     segtrain -m loss=dice,tversky,dice_ce
     segtrain-compare outputs/train/multiruns/<time> --plot dice.png
+
+``--group-by loss`` (any config key) aggregates the runs of each group over seeds and folds, with
+per-case statistics from their test sets and a paired test against ``--baseline``
+(``segtrain.compare_groups``); ``--out DIR`` writes its CSV, markdown and figures.
 """
 
 from __future__ import annotations
@@ -180,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", nargs="?", const="-", metavar="FILE",
                         help="CSV instead of markdown on stdout, or written to FILE (the table is still printed)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the val/dice curves of all runs into FILE.png")
+    parser.add_argument("--group-by", metavar="KEY", help="aggregate runs by a config key (loss: the loss name) over "
+                        "seeds and folds, with per-case test statistics")
+    parser.add_argument("--baseline", metavar="NAME", help="with --group-by: the group every other is tested against "
+                        "(paired Wilcoxon signed-rank on per-case values, Holm-corrected)")
+    parser.add_argument("--out", metavar="DIR", help="with --group-by: write grouped.csv, grouped.md, box plots and curves here")
     args = parser.parse_args(argv)
     try:
         summaries = compare(args.dirs, args.sort)
@@ -189,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     if not summaries:
         print(f"segtrain-compare: error: no TensorBoard event files under {', '.join(args.dirs)}", file=sys.stderr)
         sys.exit(2)
+    if args.group_by:
+        _grouped(summaries, args)
+        return
     if args.csv == "-":
         sys.stdout.write(csv_table(summaries))
     else:
@@ -198,6 +210,25 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nCSV: {args.csv}")
     if args.plot:
         print(f"plot: {plot_curves(summaries, args.plot)}", file=sys.stderr if args.csv == "-" else sys.stdout)
+
+
+def _grouped(summaries: list[RunSummary], args) -> None:
+    from segtrain.compare_groups import group_runs, grouped_csv, grouped_markdown, plot_groups
+    from segtrain.files import write_text_atomic
+
+    try:
+        groups = group_runs(summaries, args.group_by, args.baseline)
+    except ValueError as err:
+        print(f"segtrain-compare: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    table = grouped_markdown(groups, args.group_by, args.baseline)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        write_text_atomic(out / "grouped.md", table + "\n")
+        write_text_atomic(out / "grouped.csv", grouped_csv(groups, args.group_by))
+        figures = plot_groups(groups, out)
+        print(f"\nwritten: {out / 'grouped.md'}, {out / 'grouped.csv'}, " + ", ".join(p.name for p in figures))
 
 
 if __name__ == "__main__":
