@@ -66,3 +66,19 @@ def test_group_by_loss_aggregates_a_two_loss_two_seed_sweep(tmp_path, cache_dir)
     assert rows["dice_ce"]["p_dice_holm"] == ""  # the baseline is not tested against itself
     for name in ("grouped.md", "box_dice.png", "box_hd95.png", "curves_val_dice.png"):
         assert (out / name).is_file()
+
+
+def test_benchmark_script_datasets_compose_with_the_preset(cache_dir):
+    """scripts/loss_benchmark.py's dataset overrides are valid configs; the preset holds a test set out."""
+    import importlib.util
+
+    from conftest import ROOT, compose
+
+    spec = importlib.util.spec_from_file_location("loss_benchmark", ROOT / "scripts" / "loss_benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name in ("tiny3d", "mixed3d", "synthetic2d"):
+        cfg = compose(["hparams_search=loss_benchmark", *script.dataset_overrides(name, 40, 64, 10)], cache_dir=cache_dir)
+        assert cfg.data.test_fraction == 0.2 and cfg.data.max_epochs == 10 and cfg.data.synthetic.num_cases == 40
+        assert cfg.data.synthetic.spatial_dims == (2 if name == "synthetic2d" else 3)
+    assert len(script.DEFAULT_LOSSES.split(",")) == 10
