@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtrain.events import RunSummary, read_scalars
+from segtrain.events import RunSummary
 
 GROUP_METRICS = ("dice", "iou", "hd95", "nsd")
 
@@ -136,8 +136,7 @@ def group_runs(summaries: list[RunSummary], key: str, baseline: str | None = Non
         stats.lesion_recall = float(np.mean(recalls)) if recalls else math.nan
         times = [r.wall_time for r in runs if math.isfinite(r.wall_time)]
         stats.wall_time = float(np.mean(times)) if times else math.nan
-        stats.diverged = sum(1 for r in runs if any(s.value > 0 for s in read_scalars(r.path).get(
-            "diagnostics/loss_metric_divergence", [])))
+        stats.diverged = sum(1 for r in runs if r.diverged)
         best = [r.best["val/dice"] for r in runs if math.isfinite(r.best.get("val/dice", math.nan))]
         stats.best_val_dice = float(np.mean(best)) if best else math.nan
         groups.append(stats)

@@ -151,6 +151,7 @@ class RunSummary:
     wall_time: float  # seconds between the first and the last event
     curves: dict[str, list[tuple[float, float]]]  # tag -> [(epoch, value)] for plots
     test: dict[str, float] = field(default_factory=dict)  # TEST_METRICS of a run with a test set
+    diverged: bool = False  # the loss/metric divergence flag fired at some validation
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -217,4 +218,5 @@ def summarise_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
     times = [s.wall_time for values in series.values() for s in values]
     wall = (max(times) - min(times)) if times else math.nan
     test = {tag: series[tag][-1].value for tag in TEST_METRICS if series.get(tag)}
-    return RunSummary(name or run_dir.name, run_dir, best, final, epochs, wall, curves, test)
+    diverged = any(s.value > 0 for s in series.get("diagnostics/loss_metric_divergence", []))
+    return RunSummary(name or run_dir.name, run_dir, best, final, epochs, wall, curves, test, diverged)

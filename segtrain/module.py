@@ -12,7 +12,6 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,11 +63,15 @@ class SegmentationModule(LightningModule):
         self.val_loss = MeanMetric()
         self.train_loss = MeanMetric()
         # configs/evaluation: how the test split (and, every N epochs, val/hd95, val/assd, val/nsd) is scored.
+        from segtrain.evaluation import ScoreSettings
+
         self.evaluation = dict(evaluation or {})
+        self.score_settings = ScoreSettings.from_config(self.evaluation)
         self.surface_every = int(self.evaluation.get("val_surface_every_n_epochs") or 0)
         self.val_surface = nn.ModuleDict({m: MeanMetric(nan_strategy="ignore") for m in ("hd95", "assd", "nsd")})
         self.test_rows: list[dict] = []
         self.test_summary: dict = {}
+        self.last_test_metrics: dict[str, float] = {}
         # An epoch's training counts travel in checkpoints, so that an epoch resumed mid-way (or whose
         # end hooks Lightning re-runs after a resume) reports the same train/dice as an uninterrupted one.
         self.train_metrics.persistent(True)
@@ -219,31 +222,27 @@ class SegmentationModule(LightningModule):
 
     def _update_val_surface(self, pred: Tensor, batch: dict) -> None:
         """val/hd95, val/assd, val/nsd on the training grid (spacing from the case's meta), the rules of segtrain.evaluation."""
-        from segtrain.evaluation import ScoreSettings, score_case
+        from segtrain.evaluation import score_case
 
         label = batch["label"]
         spacing = [float(v) for v in label.pixdim[0]] if hasattr(label, "pixdim") else [1.0] * (pred.ndim - 2)
-        settings = ScoreSettings.from_config(self.evaluation)
         truth = _as_tensor(label)[0, 0].cpu().numpy()
-        for row in score_case(pred[0, 0].cpu().numpy(), truth, spacing, range(1, self.num_classes), settings):
+        for row in score_case(pred[0, 0].cpu().numpy(), truth, spacing, range(1, self.num_classes), self.score_settings):
             for name, metric in self.val_surface.items():
                 metric.update(torch.tensor(row[name], dtype=torch.float64))
 
     # -- the held-out test set: whole cases, scored on their label files' own grid ------------------
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        from segtrain.evaluation import ScoreSettings, score_case
-        from segtrain.evaluation.folders import read_label_map
+        from segtrain.evaluation import score_case
+        from segtrain.evaluation.folders import read_label
 
         if "count" in batch and not int(batch["count"].sum()):
             return  # DDP padding
         pred = class_argmax(self.predict_logits(_as_tensor(batch["image"])))
         restored = self.trainer.datamodule.restore_prediction(pred, batch)
-        label_path = batch["label_path"][0]
-        truth = read_label_map(Path(label_path), "label", self.trainer.datamodule.label_mapping)
-        spacing = _file_spacing(label_path, truth.ndim)
+        truth, spacing = read_label(batch["label_path"][0], self.trainer.datamodule.label_mapping)
         case = batch["id"][0]
-        for row in score_case(restored.astype(truth.dtype), truth, spacing, range(1, self.num_classes),
-                              ScoreSettings.from_config(self.evaluation)):
+        for row in score_case(restored.astype(truth.dtype), truth, spacing, range(1, self.num_classes), self.score_settings):
             self.test_rows.append({"case": case, **row, "class_name": self.class_names[row["class"]]})
 
     def on_test_epoch_start(self) -> None:
@@ -251,7 +250,7 @@ class SegmentationModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         """Rows of every rank → the summary on every rank; ``test/*``: per-case means, and Dice pooled as val/dice."""
-        from segtrain.evaluation import summarise
+        from segtrain.evaluation.summary import summarise_with
 
         rows = self.test_rows
         if self.trainer.world_size > 1:
@@ -259,12 +258,7 @@ class SegmentationModule(LightningModule):
             torch.distributed.all_gather_object(gathered, rows)
             rows = sorted((r for part in gathered for r in part), key=lambda r: (r["case"], r["class"]))
         self.test_rows = rows
-        evaluation = self.evaluation
-        self.test_summary = summary = summarise(
-            rows, dict(enumerate(self.class_names)), samples=int(evaluation.get("bootstrap", 1000)),
-            confidence=float(evaluation.get("confidence", 0.95)), seed=int(evaluation.get("seed", 0)))
-        summary["settings"] = {k: evaluation[k] for k in ("nsd_tolerance", "hd_percentile", "detection_overlap",
-                                                          "connectivity") if k in evaluation}
+        self.test_summary = summary = summarise_with(rows, dict(enumerate(self.class_names)), self.evaluation)
         mean = summary["mean"]
         metrics = {"test/dice": mean["global"]["dice"], "test/iou": mean["global"]["iou"],
                    "test/dice_per_case": mean["dice"]["mean"], "test/hd95": mean["hd95"]["mean"],
@@ -344,14 +338,6 @@ class SegmentationModule(LightningModule):
             unit = "steps" if self.scheduler_interval == "step" else "epochs"
             log.info("segtrain: the learning-rate schedule now spans %s %s (was %s) for the new run length",
                      max(changed.values()), unit, max(old.values()))
-
-def _file_spacing(path: str, spatial_dims: int) -> list[float]:
-    """Voxel spacing (mm) of a label file from its header (pixels: 1 for 2D images)."""
-    from segtrain.data.readers import voxel_spacing
-    from segtrain.data.readers import read_header
-
-    return voxel_spacing(read_header(path, spatial_dims).affine, spatial_dims)
-
 
 def _as_tensor(x: Tensor) -> Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else x

@@ -9,25 +9,17 @@ image's own affine: it overlays the input in any viewer.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segtrain.data.layouts import strip_suffix
+from segtrain.data.layouts import CHANNEL_FILE, strip_suffix
 from segtrain.errors import ConfigError, DataError
 
 log = logging.getLogger("segtrain")
 
-from segtrain.data.readers import IMAGE_2D_SUFFIXES as IMAGE_SUFFIXES  # noqa: E402  (one registry of formats)
-from segtrain.data.readers import VOLUME_SUFFIXES  # noqa: E402
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in VOLUME_SUFFIXES + IMAGE_SUFFIXES if name.endswith(s)), "")
 
 
 def list_inputs(source, in_channels: int = 1) -> list[tuple[str, list[str]]]:
@@ -51,21 +43,21 @@ def list_inputs(source, in_channels: int = 1) -> list[tuple[str, list[str]]]:
         return cases
     path = Path(source).expanduser()
     if path.is_file():
-        return [(path.name[: -len(_suffix(path))] or path.stem, [str(path)])]
+        stem = strip_suffix(path.name)  # the readers' endings (one registry of formats), else the last suffix
+        return [(stem if stem != path.name else path.stem, [str(path)])]
     if not path.is_dir():
         raise DataError(f"input={path}: no such file or folder; pass an image file, a folder of images or a dataset root")
     for sub in ("imagesTs", "imagesTr", "images"):
         if (path / sub).is_dir():
             path = path / sub
             break
-    files = sorted(p for p in path.iterdir() if p.is_file() and _suffix(p) and not p.name.startswith("."))
+    files = sorted(p for p in path.iterdir() if p.is_file() and strip_suffix(p.name) != p.name and not p.name.startswith("."))
     if not files:
         raise DataError(f"input={path}: no image files (.nii.gz, .nii, .nrrd, .png, .tif, .jpg) found")
-    channel = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
     cases: dict[str, dict[int, str]] = {}
     for file in files:
-        stem = file.name[: -len(_suffix(file))]
-        match = channel.match(stem)
+        stem = strip_suffix(file.name)
+        match = CHANNEL_FILE.match(stem)
         if match and (in_channels > 1 or int(match["channel"]) == 0):
             cases.setdefault(match["case"], {})[int(match["channel"])] = str(file)
         else:
@@ -152,7 +144,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     from tqdm.auto import tqdm
 
     from segtrain.files import atomic_write, publish, remove_stale_temporaries, staging_folder
-    from segtrain.data.transforms import inference_transforms, prediction_inverter
+    from segtrain.data.transforms import inference_transforms, label_dtype, prediction_inverter, with_meta_of
     from segtrain.metrics import class_argmax
     from segtrain.module import main_output
 
@@ -164,9 +156,11 @@ def predict(cfg: DictConfig) -> list[Path]:
     cases = list_inputs(cfg.input, spec.in_channels)
     check_inputs(cases, spec)
     label = cfg.get("label")
-    if label:  # every case has a label before anything is predicted
+    if label:  # every case has a label, and the scoring settings are valid, before anything is predicted
+        from segtrain.evaluation import ScoreSettings
         from segtrain.evaluation.folders import label_files, label_folder
 
+        ScoreSettings.from_config(cfg.evaluation)
         labels = {strip_suffix(p.name) for p in label_files(label_folder(label))}
         missing = [case for case, _ in cases if case not in labels]
         if missing:
@@ -188,7 +182,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     written = []
     with staging_folder(output_dir) as staging:
         writer = SaveImage(output_dir=staging, output_ext=ext, output_postfix="", separate_folder=False,
-                           output_dtype="uint8" if spec.num_classes <= 256 else "int16", resample=False,
+                           output_dtype=label_dtype(spec.num_classes), resample=False,
                            print_log=False, scale=None)
         for case_id, files in tqdm(cases, desc="predict", unit="case", disable=not cfg.get("progress", True) or None):
             try:
@@ -204,13 +198,12 @@ def predict(cfg: DictConfig) -> list[Path]:
             if not torch.isfinite(logits).all():
                 raise DataError(f"{files[0]}: the network gave NaN/Inf for this case (precision={cfg.precision}); "
                                 "try precision=32, or check the image's intensities")
-            data["pred"] = _with_meta(class_argmax(logits)[0].cpu().to(torch.uint8 if spec.num_classes <= 256 else torch.int16),
-                                      data["image"])
+            data["pred"] = with_meta_of(class_argmax(logits)[0].cpu().to(label_dtype(spec.num_classes)), data["image"])
             restored = invert(data)["pred"]
             writer(restored, filename=str(staging / case_id))
             written.append(publish(staging / f"{case_id}{ext}", output_dir / f"{case_id}{ext}"))
             if cfg.get("save_probabilities"):
-                data["pred"] = _with_meta(torch.softmax(logits.float(), dim=1)[0].cpu(), data["image"])
+                data["pred"] = with_meta_of(torch.softmax(logits.float(), dim=1)[0].cpu(), data["image"])
                 probabilities = prediction_inverter(pipeline, nearest=False)(data)["pred"]
                 if spec.spatial_dims == 3:
                     SaveImage(output_dir=staging, output_ext=".nii.gz", separate_folder=False, output_postfix="",
@@ -230,9 +223,3 @@ def predict(cfg: DictConfig) -> list[Path]:
                          progress=bool(cfg.get("progress", True)), cases=[case for case, _ in cases],
                          label_mapping=run_cfg.data.get("label_mapping"))  # the labels as the run read them
     return written
-
-
-def _with_meta(array: torch.Tensor, like):
-    from monai.data import MetaTensor
-
-    return MetaTensor(array, meta=dict(like.meta), applied_operations=list(like.applied_operations))

@@ -297,6 +297,7 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     from segtrain.data import build_datamodule
     from segtrain.events import event_files, hparam_metric_names, truncate_events
     from segtrain.augment import build_augmentation
+    from segtrain.evaluation import ScoreSettings
     from segtrain.models import fixed_divisor
     from segtrain.resume import resumed_config
 
@@ -310,6 +311,7 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     seed_everything(cfg.seed, workers=True, verbose=False)
     loss = build_loss_from_config(cfg.loss)
     build_optim(cfg.optim)
+    ScoreSettings.from_config(cfg.get("evaluation"))  # evaluation.* checked before preflight, used after training
     augmentation = build_augmentation(cfg.get("augment"))
     trainer = build_trainer(cfg)  # trainer settings (devices, precision, strategy) checked before preflight
     # preflight: every case validated before training
@@ -380,7 +382,7 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
     final = dict(module.last_epoch_metrics)
     best = module.best_metrics.get("val/dice", math.nan)
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-    metrics = {**final, **getattr(module, "last_test_metrics", {}), "best/val_dice": best, "epochs": trainer.current_epoch,
+    metrics = {**final, **module.last_test_metrics, "best/val_dice": best, "epochs": trainer.current_epoch,
                "seconds": seconds}
     for logger in trainer.loggers:  # HParams tab: best and final metrics
         logger.log_metrics(hparam_metrics(final, module.best_metrics), step=trainer.global_step)
@@ -391,7 +393,7 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
             f"  best val/dice {best:.4f}; final val/dice {final.get('val/dice', math.nan):.4f}, "
             f"val/iou {final.get('val/iou', math.nan):.4f}, val/loss {final.get('val/loss', math.nan):.4f}",
         ]
-        test = getattr(module, "last_test_metrics", None)
+        test = module.last_test_metrics
         if test:
             lines.append(f"  test ({module.test_summary.get('cases', 0)} cases): dice {test['test/dice']:.4f} (global), "
                          f"{test['test/dice_per_case']:.4f} (per-case mean), hd95 {test['test/hd95']:.2f}, "

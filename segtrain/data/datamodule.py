@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningDataModule
 
 from segtrain.files import write_text_atomic
@@ -146,7 +145,7 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
         test_cache = Path(options.cache_dir).expanduser() / "preflight-test" if options.cache_dir and options.preflight_cache else None
         run_preflight(replace(listing, cases=test_cases, root=listing.root / "test"), spatial_dims, report.num_classes,
                       mapping, geometry_tolerance=float(options.geometry_tolerance), cache_dir=test_cache,
-                      workers=options.preflight_workers)
+                      workers=options.preflight_workers, part="test ")
     in_channels = report.cases[0].channels
     plan = plan_dataset(options, report, spatial_dims, model_divisor)
     spec = DataSpec(
@@ -330,13 +329,11 @@ class SegmentationDataModule(LightningDataModule):
 
     def restore_prediction(self, pred, batch: dict) -> np.ndarray:
         """A test case's hard prediction (1, 1, *S) mapped back onto its label file's grid (orientation, spacing undone)."""
-        from monai.data import MetaTensor, decollate_batch
+        from monai.data import decollate_batch
 
-        from segtrain.data.transforms import prediction_inverter
+        from segtrain.data.transforms import label_dtype, prediction_inverter, with_meta_of
 
         item = decollate_batch(batch)[0]
-        image = item["image"]
-        item["pred"] = MetaTensor(pred[0].detach().cpu().to(torch.uint8 if self.spec.num_classes <= 256 else torch.int16),
-                                  meta=dict(image.meta), applied_operations=list(image.applied_operations))
+        item["pred"] = with_meta_of(pred[0].detach().cpu().to(label_dtype(self.spec.num_classes)), item["image"])
         restored = prediction_inverter(self._test_pipeline)(item)["pred"]
         return np.asarray(restored.detach().cpu())[0]

@@ -24,6 +24,7 @@ from segtrain.errors import DataError
 from segtrain.data.readers import IMAGE_2D_SUFFIXES, LABEL_2D_SUFFIXES, VOLUME_SUFFIXES  # noqa: E402  (one registry)
 
 LAYOUTS = ("auto", "msd", "nnunet", "images2d")
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # nnU-Net's CASE_0000 naming (without the ending)
 
 
 @dataclass
@@ -116,12 +117,11 @@ def list_test_cases(listing: DatasetListing) -> list[dict]:
     channels = len(listing.cases[0]["image"]) if listing.cases else 1
     labels = {strip_suffix(p.name): p for p in sorted(labels_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
     by_case: dict[str, dict[int, str]] = {}
-    pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
     for path in sorted(images_dir.iterdir()):
         if not path.is_file() or path.name.startswith(".") or strip_suffix(path.name) == path.name:
             continue
         stem = strip_suffix(path.name)
-        match = pattern.match(stem)
+        match = CHANNEL_FILE.match(stem)
         case, channel = (match["case"], int(match["channel"])) if match and stem not in labels else (stem, 0)
         by_case.setdefault(case, {})[channel] = str(path)
     cases = []

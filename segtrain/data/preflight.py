@@ -346,7 +346,7 @@ def _run_parallel(function, cases: list[dict], workers: int, label: str) -> list
 
 def run_preflight(listing, spatial_dims: int, num_classes: int | None, label_mapping: dict | None = None,
                   geometry_tolerance: float = 0.05, cache_dir: str | Path | None = None,
-                  workers: int | None = None) -> DatasetReport:
+                  workers: int | None = None, part: str = "") -> DatasetReport:
     """Check every case of ``listing`` (see ``layouts.list_cases``); return the dataset report.
 
     Args:
@@ -355,6 +355,7 @@ def run_preflight(listing, spatial_dims: int, num_classes: int | None, label_map
         geometry_tolerance: largest allowed image/label misplacement of a voxel, in voxels.
         cache_dir: where per-case results are cached (``None``: no cache).
         workers: threads reading files (``None``: up to 4, at most the CPU count).
+        part: which cases these are, for the log line (``"test "``: the held-out test set).
 
     Raises:
         DataError: the first problem found, in case order within each pass.
@@ -387,7 +388,7 @@ def run_preflight(listing, spatial_dims: int, num_classes: int | None, label_map
             ids = {case["id"] for case in listing.cases}
             cache.entries = {k: v for k, v in cache.entries.items() if k in ids}
             cache.save()
-    log.info("preflight: %d cases checked (%d from cache) in %.1f s", len(listing.cases), len(listing.cases) - len(todo),
+    log.info("preflight: %d %scases checked (%d from cache) in %.1f s", len(listing.cases), part, len(listing.cases) - len(todo),
              time.monotonic() - started)
     infos = [results[case["id"]][0] for case in listing.cases]
     samples = [results[case["id"]][1] for case in listing.cases]

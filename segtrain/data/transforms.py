@@ -144,8 +144,20 @@ def deterministic_transforms(cfg: DictConfig | None, spec, label_mapping: dict |
                                       target_labels=[int(v) for v in label_mapping.values()]))
     steps.append(NormalizeChannelsd(keys="image", modes=spec.normalize, stats=spec.intensity))
     if has_label:
-        steps.append(T.CastToTyped(keys="label", dtype=torch.uint8 if spec.num_classes <= 256 else torch.int16))
+        steps.append(T.CastToTyped(keys="label", dtype=label_dtype(spec.num_classes)))
     return steps
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """The integer type that holds ``num_classes`` class indices: label maps in the cache, predictions written."""
+    return torch.uint8 if num_classes <= 256 else torch.int16
+
+
+def with_meta_of(array: torch.Tensor, like):
+    """``array`` as a MetaTensor with the meta and applied operations of ``like`` (to invert it as ``like``)."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(array, meta=dict(like.meta), applied_operations=list(like.applied_operations))
 
 
 def inference_transforms(cfg: DictConfig | None, spec):

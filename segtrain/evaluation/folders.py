@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,15 @@ def read_label_map(path: Path, what: str, mapping: dict[int, int] | None = None)
     return values
 
 
+def read_label(path: str | Path, mapping: dict[int, int] | None = None) -> tuple[np.ndarray, list[float]]:
+    """A label file's class indices (remapped by ``mapping``) and its voxel spacing in mm (pixels in 2D)."""
+    from segtrain.data.readers import voxel_spacing
+
+    path = Path(path)
+    spatial_dims = 2 if path.name.lower().endswith(IMAGE_2D_SUFFIXES) else 3
+    return read_label_map(path, "label", mapping), voxel_spacing(read_header(str(path), spatial_dims).affine, spatial_dims)
+
+
 def _check_range(array: np.ndarray, path: Path, what: str, num_classes: int | None) -> None:
     low, high = int(array.min()), int(array.max())
     if low < 0 or (num_classes is not None and high >= num_classes):
@@ -205,7 +214,7 @@ def evaluate_folders(pred: str | Path, label: str | Path, output_dir: str | Path
     ``cases``: score only these case ids among the predictions (``segtrain-predict label=DIR``: the ones it wrote).
     ``label_mapping``: label value → class index (``{255: 1}``, or its text), applied to the label files.
     """
-    from segtrain.evaluation.summary import console_table, summarise, write_results
+    from segtrain.evaluation.summary import console_table, summarise_with, write_results
 
     evaluation = dict(evaluation or {})
     settings = ScoreSettings.from_config(evaluation)
@@ -228,11 +237,8 @@ def evaluate_folders(pred: str | Path, label: str | Path, output_dir: str | Path
     rows = evaluate_pairs(pairs, settings, num_classes, classes, progress, parse_label_mapping(label_mapping, "label_mapping"))
     for row in rows:
         row["class_name"] = names.get(row["class"], f"class{row['class']}")
-    summary = summarise(rows, {c: names.get(c, f"class{c}") for c in {r["class"] for r in rows}},
-                        samples=int(evaluation.get("bootstrap", 1000)), confidence=confidence,
-                        seed=int(evaluation.get("seed", 0)))
-    summary["settings"] = {**asdict(settings), "pred": str(Path(pred).expanduser().resolve()),
-                           "label": str(label_folder(label).resolve())}
+    summary = summarise_with(rows, {c: names.get(c, f"class{c}") for c in {r["class"] for r in rows}}, evaluation)
+    summary["settings"].update(pred=str(Path(pred).expanduser().resolve()), label=str(label_folder(label).resolve()))
     summary["labels_without_prediction"] = unmatched if cases is None else []
     paths = write_results(output_dir, rows, summary)
     log.info("%s", console_table(summary))

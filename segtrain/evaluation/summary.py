@@ -2,7 +2,7 @@
 
 Per class and metric, over the cases where the metric has a value (NaN = no score, see
 ``scores``): the number of cases ``n``, mean, standard deviation, median and a percentile bootstrap
-confidence interval of the mean (cases resampled with replacement, ``bootstrap`` resamples, a fixed
+confidence interval of the mean (``scipy.stats.bootstrap``: cases resampled with replacement, ``bootstrap`` resamples, a fixed
 seed: the same rows give the same interval). ``mean`` (the class ``all``) first averages each
 case's classes, then the cases.
 
@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,20 +33,18 @@ CSV_COLUMNS = ("case", "class", "class_name", *METRICS, "empty", "truth_voxels",
 
 def bootstrap_interval(values: np.ndarray, samples: int = 1000, confidence: float = 0.95,
                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (NaN for no values; the value itself for one)."""
+    """Percentile bootstrap interval of the mean of ``values`` (``scipy.stats.bootstrap``; NaN for no values, the
+    value itself for one)."""
+    from scipy.stats import bootstrap
+
     values = np.asarray(values, float)
     if values.size == 0:
         return math.nan, math.nan
-    if values.size == 1 or samples <= 0:
+    if values.size == 1 or samples <= 0 or np.all(values == values[0]):
         return float(values.mean()), float(values.mean())
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    for start in range(0, samples, 256):  # bounded memory for many cases
-        stop = min(start + 256, samples)
-        means[start:stop] = values[rng.integers(0, values.size, (stop - start, values.size))].mean(1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    result = bootstrap((values,), np.mean, n_resamples=int(samples), confidence_level=float(confidence),
+                       method="percentile", random_state=int(seed), batch=256)  # batch: bounded memory for many cases
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def describe(values: Sequence[float], samples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
@@ -93,6 +91,19 @@ def summarise(rows: list[dict], class_names: dict[int, str], samples: int = 1000
         "lesions": {k: _nanmean([v["lesions"][k] for v in out["classes"].values()]) for k in ("recall", "precision")},
     }
     return out
+
+
+def summarise_with(rows: list[dict], class_names: dict[int, str], evaluation: Mapping | None = None) -> dict:
+    """``summarise`` with the bootstrap settings of an ``evaluation`` config, its scoring settings recorded."""
+    from dataclasses import asdict
+
+    from segtrain.evaluation.scores import ScoreSettings
+
+    evaluation = dict(evaluation or {})
+    summary = summarise(rows, class_names, samples=int(evaluation.get("bootstrap", 1000)),
+                        confidence=float(evaluation.get("confidence", 0.95)), seed=int(evaluation.get("seed", 0)))
+    summary["settings"] = asdict(ScoreSettings.from_config(evaluation))
+    return summary
 
 
 def _nanmean(values: list[float]) -> float:
@@ -178,4 +189,4 @@ def write_results(output_dir: str | Path, rows: list[dict], summary: dict, prefi
 
 
 __all__ = ["CSV_COLUMNS", "bootstrap_interval", "console_table", "describe", "markdown",
-           "summarise", "write_results"]
+           "summarise", "summarise_with", "write_results"]
