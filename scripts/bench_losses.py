@@ -108,11 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     ours, maps = {}, {}
     for name in names:
         loss = build_loss(name, **VARIANTS.get(name, {}))
-        if hasattr(loss, "set_num_classes"):
-            loss.set_num_classes(max(args.classes, 2))
         ours[name] = loss
-        maps[name] = {
-            key: torch.from_numpy(np.stack([fn(t) for t in target.numpy()])) for key, fn in loss.label_maps.items()
+        maps[name] = {  # as the data pipeline computes them: with the dataset's class count
+            key: torch.from_numpy(np.stack([fn(t, num_classes=max(args.classes, 2)) for t in target.numpy()]))
+            for key, fn in loss.label_maps.items()
         }
     theirs = {k: v for k, v in monai_losses(args.classes).items() if k in ours}
 

@@ -30,6 +30,8 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*", module=r"lightning")
     warnings.filterwarnings("ignore", message=r"Num foregrounds 0, Num backgrounds", module=r"monai")
+    # 2D prediction: nothing to invert (no resampling or reorientation of PNGs); the prediction is written as is
+    warnings.filterwarnings("ignore", message=r"inverse has been called but no invertible transforms", module=r"monai")
     warnings.filterwarnings("ignore", message=r".*The number of training batches .* is smaller than the logging interval.*")
     # A resumed run writes into its own checkpoint folder on purpose.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module=r"lightning")
@@ -138,6 +140,16 @@ def check_output_folder(argv: list[str]) -> None:
                               f"overwrite it: resume it with segtrain resume={found[0].parent.parent}, or choose another folder")
 
 
+def user_config_dirs_on_path(argv: list[str]) -> None:
+    """``--config-dir DIR`` folders go first on ``sys.path``: a loss or network of one's own in ``DIR/my_losses.py``
+    is ``_target_: my_losses.MyLoss`` in ``DIR/loss/my_loss.yaml``, without installing anything (docs/losses.md)."""
+    from segtrain.config_check import user_config_dirs
+
+    for folder in user_config_dirs(argv):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
 def main() -> None:
     """``segtrain k=v ...``: train; ``segtrain resume=<run dir>`` continues a run in its own directory."""
     global _typed_overrides, _existing_run_dir
@@ -146,6 +158,7 @@ def main() -> None:
     from segtrain.resume import prepare_argv, user_overrides
 
     quiet_known_warnings()
+    user_config_dirs_on_path(sys.argv[1:])
     inherited = os.environ.get("SEGTRAIN_TYPED_OVERRIDES")
     if inherited is not None and os.environ.get("LOCAL_RANK", "0") != "0":
         # A DDP worker that Lightning started with rank 0's command line, already prepared.
@@ -187,6 +200,7 @@ def predict_main() -> None:
     from segtrain.config_check import check_command_line
 
     quiet_known_warnings()
+    user_config_dirs_on_path(sys.argv[1:])  # a network of one's own (model._target_) is imported again
     try:
         check_command_line(sys.argv[1:], config_dir(), "predict")
     except SegtrainError as err:

@@ -44,6 +44,11 @@ def _config_dirs(argv: list[str], primary: str) -> tuple[list[Path], list[str]]:
     return folders, overrides
 
 
+def user_config_dirs(argv: list[str]) -> list[Path]:
+    """The ``--config-dir`` folders of a command line, absolute."""
+    return [folder.absolute() for folder in _config_dirs(argv, ".")[0][:-1]]
+
+
 def _options(folders: list[Path], group: str) -> list[str]:
     found = set()
     for folder in folders:
@@ -86,6 +91,7 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str = "tra
         if group.startswith("hydra") or not _options(folders, group) or override.is_delete():
             continue  # a key, or Hydra's own settings
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        values = [v for value in values for v in (value if isinstance(value, list) else [value])]  # debug=[tiny,checks]
         for value in values:
             if value is None or str(value) in _options(folders, group):
                 continue
@@ -123,12 +129,15 @@ def _check_keys(folders: list[Path], config_dir: str, config_name: str, override
     line = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), key)
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(base, parent_key) if parent_key else base
-    siblings = sorted(str(k) for k in parent.keys() if k != "name") if OmegaConf.is_dict(parent) else []
+    siblings = sorted(str(k) for k in parent.keys() if k not in ("name", "_target_")) if OmegaConf.is_dict(parent) else []
     closest = _closest(leaf, siblings)
     if parent_key == "loss" and OmegaConf.is_dict(parent):
-        listed = ", ".join(siblings) or "none"
-        raise ConfigError(f"{line}: loss '{parent.get('name')}' has no parameter '{leaf}'; {closest}"
-                          f"its parameters are: {listed} (segtrain-losses {parent.get('name')} explains them)")
+        from segtrain.losses.registry import loss_name
+
+        listed, name = ", ".join(siblings) or "none", loss_name(OmegaConf.to_container(parent))
+        explained = f" (segtrain-losses {name} explains them)" if parent.get("name") else ""
+        raise ConfigError(f"{line}: loss '{name}' has no parameter '{leaf}'; {closest}"
+                          f"its parameters are: {listed}{explained}")
     where = f"'{parent_key}'" if parent_key else "the config"
     if parent is None or not OmegaConf.is_dict(parent):
         raise ConfigError(f"{line}: {parent_key} is not a group of settings here, so it has no '{leaf}'")

@@ -1,6 +1,6 @@
 """The LightningModule: registry loss, optimizer/scheduler from config, Dice/IoU from epoch-level counts.
 
-Logged tags (DESIGN.md): ``train/loss``, ``train/dice`` (hard Dice on training patches),
+Logged tags (docs/diagnostics.md): ``train/loss``, ``train/dice`` (hard Dice on training patches),
 ``val/loss``, ``val/dice``, ``val/iou`` (means over foreground classes), ``val/dice/<class>``,
 ``val/iou/<class>``; the LR monitor adds ``lr-*``.
 """
@@ -50,14 +50,14 @@ class SegmentationModule(LightningModule):
         super().__init__()
         self.net = net
         self.loss = DeepSupervisionLoss(loss)
-        if hasattr(loss, "set_num_classes"):  # per-class label maps (boundary's) get one channel per class
-            loss.set_num_classes(num_classes)
         self.num_classes = num_classes
         self.class_names = list(class_names)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
-        self.inference = {"roi_size": None, "sw_batch_size": 4, "overlap": 0.25, "mode": "gaussian", **(inference or {})}
+        from segtrain.inference import inference_settings
+
+        self.inference = inference_settings(inference)
         self.train_metrics = OverlapMetrics(num_classes)
         self.val_metrics = OverlapMetrics(num_classes)
         self.val_loss = MeanMetric()
@@ -98,7 +98,7 @@ class SegmentationModule(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Scheduled losses (e.g. boundary's alpha) advance once per epoch; their values are logged.
-        values = self.loss.loss.on_epoch_start(self.current_epoch) if hasattr(self.loss.loss, "on_epoch_start") else {}
+        values = self.loss.on_epoch_start(self.current_epoch)
         for name, value in values.items():
             self.log(f"loss/{name}", float(value), on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
 
@@ -164,24 +164,16 @@ class SegmentationModule(LightningModule):
 
     # -- validation: whole cases, sliding window ------------------------------------------------
     def predict_logits(self, image: Tensor) -> Tensor:
-        from monai.inferers import sliding_window_inference
+        from segtrain.inference import sliding_window_logits
 
-        roi = self.inference["roi_size"] or image.shape[2:]
-        return sliding_window_inference(
-            image,
-            roi_size=list(roi),
-            sw_batch_size=int(self.inference["sw_batch_size"]),
-            predictor=self,
-            overlap=float(self.inference["overlap"]),
-            mode=self.inference["mode"],
-        )
+        return sliding_window_logits(image, self, self.inference)
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
         if "count" in batch and not int(batch["count"].sum()):
             return  # padding that evens out the cases across DDP ranks: not scored
         image, label = _as_tensor(batch["image"]), _as_tensor(batch["label"]).long()
         logits = self.predict_logits(image)
-        self.val_loss.update(self.loss.loss(logits, label, **self._label_maps(batch)), weight=image.shape[0])
+        self.val_loss.update(self.loss(logits, label, **self._label_maps(batch)), weight=image.shape[0])
         pred = class_argmax(logits)
         self.val_metrics.update(pred, label)
         if self._surface_epoch():

@@ -139,11 +139,11 @@ def predict(cfg: DictConfig) -> list[Path]:
     Each file is written into a hidden staging folder and renamed into place: a killed run leaves
     whole files or none. Every input (and, with ``label``, its label) is checked before the first case.
     """
-    from monai.inferers import sliding_window_inference
     from monai.transforms import SaveImage
     from tqdm.auto import tqdm
 
     from segtrain.files import atomic_write, publish, remove_stale_temporaries, staging_folder
+    from segtrain.inference import inference_settings, sliding_window_logits
     from segtrain.data.transforms import inference_transforms, label_dtype, prediction_inverter, with_meta_of
     from segtrain.metrics import class_argmax
     from segtrain.module import main_output
@@ -167,9 +167,8 @@ def predict(cfg: DictConfig) -> list[Path]:
             raise DataError(f"label={label}: no label for case {missing[0]!r} ({len(missing)} of {len(cases)} cases lack one); "
                             "pass the label folder of these images, or leave label unset")
     net.to(device)
-    settings = {**OmegaConf.to_container(run_cfg.get("inference", {}), resolve=True)}
-    settings.update({k: v for k, v in OmegaConf.to_container(cfg.inference, resolve=True).items() if v is not None})
-    roi = settings.get("roi_size") or list(spec.patch_size)
+    settings = inference_settings(OmegaConf.to_container(run_cfg.get("inference", {}), resolve=True),
+                                  OmegaConf.to_container(cfg.inference, resolve=True))
     pipeline = inference_transforms(run_cfg.data, spec)
     invert = prediction_inverter(pipeline)
     output_dir = Path(cfg.output_dir)
@@ -191,10 +190,7 @@ def predict(cfg: DictConfig) -> list[Path]:
                 raise DataError(f"{files[0]}: cannot be read or preprocessed ({str(err).splitlines()[0][:200]})") from None
             image = data["image"].unsqueeze(0).to(device)
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = sliding_window_inference(
-                    image, roi_size=list(roi), sw_batch_size=int(settings.get("sw_batch_size") or 4),
-                    predictor=predictor, overlap=float(settings.get("overlap", 0.5)), mode=settings.get("mode", "gaussian"),
-                )
+                logits = sliding_window_logits(image, predictor, settings, spec.patch_size)
             if not torch.isfinite(logits).all():
                 raise DataError(f"{files[0]}: the network gave NaN/Inf for this case (precision={cfg.precision}); "
                                 "try precision=32, or check the image's intensities")

@@ -64,43 +64,37 @@ def flat_params(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str
 
 
 def build_trainer(cfg: DictConfig):
-    """The Lightning trainer with the config's callbacks and loggers, plus what every run has.
+    """``instantiate(cfg.trainer, callbacks=..., logger=..., plugins=...)``, as lightning-hydra-template builds it.
 
-    Always added: ``SafeCheckpointIO`` (atomic, finite-only writes, ``weights_only`` reads), the
-    non-finite guard (``guard.*``) and the graceful stop on SIGTERM/SIGUSR1/Ctrl-C.
+    The callbacks are every entry of the ``callbacks`` group plus ``trainer.callbacks``, the loggers
+    every entry of the ``logger`` group (``trainer.logger=false``: none); to each run segtrain adds
+    ``SafeCheckpointIO`` (atomic, finite-only writes, ``weights_only`` reads), the non-finite guard
+    (``guard.*``) and, when checkpoints are on, the graceful stop on SIGTERM/SIGUSR1/Ctrl-C.
+    A setting Lightning refuses is one line naming it.
     """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ProgressBar
 
+    from segtrain.callbacks import instantiate_all
     from segtrain.callbacks.guard import NonFiniteGuard
     from segtrain.callbacks.interrupt import GracefulStop
     from segtrain.checkpoints import SafeCheckpointIO
 
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    extra_callbacks = kwargs.pop("callbacks", None) or []
-    logger_flag = kwargs.pop("logger", None)
-    plugins = kwargs.pop("plugins", None) or []
-    plugins = [instantiate(p) if isinstance(p, dict) and "_target_" in p else p for p in (plugins if isinstance(plugins, list) else [plugins])]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    callbacks += [instantiate(c) for c in extra_callbacks]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    logger = False if logger_flag is False or not loggers else loggers
-    if kwargs.get("fast_dev_run"):
-        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-    if kwargs.get("enable_progress_bar") is False:  # the bar is off: so is segtrain's progress callback
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    guard = OmegaConf.to_container(cfg.get("guard") or {}, resolve=True)
+    trainer_cfg = cfg.trainer
     try:
-        callbacks.append(NonFiniteGuard(**guard))
-        if kwargs.get("enable_checkpointing") is False:  # no checkpoints at all: signals still exit non-zero
-            callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
-        else:
+        callbacks = [*instantiate_all(cfg.get("callbacks")), *instantiate_all(trainer_cfg.get("callbacks")),
+                     NonFiniteGuard(**OmegaConf.to_container(cfg.get("guard") or {}, resolve=True))]
+        if trainer_cfg.get("enable_checkpointing") is not False:  # without checkpoints, signals still exit non-zero
             callbacks.append(GracefulStop(Path(cfg.paths.output_dir) / "checkpoints"))
-        return Trainer(**kwargs, callbacks=callbacks, logger=logger, plugins=[*plugins, SafeCheckpointIO()])
-    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as err:
-        raise ConfigError(f"invalid trainer setting: {str(err).splitlines()[0]}") from None
+        loggers = instantiate_all(cfg.get("logger")) if trainer_cfg.get("logger") is not False else []
+        plugins = trainer_cfg.get("plugins") or []
+        plugins = instantiate_all(plugins if OmegaConf.is_list(plugins) else [plugins])
+        return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
+                           plugins=[*plugins, SafeCheckpointIO()], _convert_="all")
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException, InstantiationException) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
+        raise ConfigError(f"invalid trainer setting: {' '.join(str(cause).split())[:300]}") from None
 
 
 def build_optim(optim_cfg: DictConfig):
@@ -173,16 +167,42 @@ def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None
 
 
 def build_loss_from_config(loss_cfg: DictConfig):
-    from segtrain.losses import build_loss
+    """The run's loss from ``cfg.loss`` (``name:`` a registry loss, or ``_target_:`` any class; docs/losses.md)."""
+    from segtrain.losses.registry import loss_from_config
 
-    params = OmegaConf.to_container(loss_cfg, resolve=True)
-    name = params.pop("name", None)
-    if name is None:
-        raise ConfigError("loss.name is missing; choose a loss with loss=<name> (segtrain-losses lists them)")
     try:
-        return build_loss(name, **params)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+        return loss_from_config(OmegaConf.to_container(loss_cfg, resolve=True))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(" ".join(str(err).split())) from None
+
+
+def check_loss(loss, loss_cfg: DictConfig, spec) -> None:
+    """One call of the loss on a tiny batch of the run's shape (classes, dimensions), before the first step.
+
+    A loss of one's own that fails on the run's classes, returns no scalar or no gradient is one
+    line naming it here, not a traceback in the first training step.
+    """
+    import torch
+
+    from segtrain.losses.registry import loss_name
+
+    generator = torch.Generator().manual_seed(0)
+    shape = (2, spec.num_classes, *([8] * spec.spatial_dims))
+    logits = torch.randn(shape, generator=generator, requires_grad=True)
+    target = torch.randint(0, max(spec.num_classes, 2), (2, 1, *shape[2:]), generator=generator)
+    name = loss_name(OmegaConf.to_container(loss_cfg, resolve=True))
+    try:
+        value = loss(logits, target)
+        if not (torch.is_tensor(value) and value.ndim == 0 and value.is_floating_point()):
+            raise ValueError(f"it returned {type(value).__name__} {tuple(getattr(value, 'shape', ()))}, not a scalar tensor")
+        if not torch.isfinite(value):
+            raise ValueError(f"it returned {float(value)} on random logits")
+        if not value.requires_grad:
+            raise ValueError("its value has no gradient (detached from the logits)")
+        value.backward()
+    except Exception as err:  # noqa: BLE001 - anything a user's loss raises becomes one line
+        raise ConfigError(f"loss {name} fails on a ({', '.join(map(str, shape))}) batch of logits and its labels: "
+                          f"{' '.join(str(err).split())[:300]}") from None
 
 
 def _group_choices() -> dict[str, str]:
@@ -273,14 +293,18 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
         lambda record: not str(record.msg).startswith(LIGHTNING_NOISE))
     if _rank() != 0:  # DDP workers: what rank 0 prints (dataset report, preflight) is said once
         logging.getLogger("segtrain").setLevel(logging.WARNING)
-    try:
-        cfg, data, module, trainer = prepare(cfg, overrides or [])
-    except SegtrainError as err:
-        err.before_training = True
-        raise
-    _fit(trainer, module, data, cfg.get("ckpt_path"))
-    if data.test_cases:
-        _test(trainer, module, data, Path(cfg.paths.output_dir))
+    from segtrain.losses.inputs import label_range_checks
+
+    # checks.label_range: the per-call label check of the losses (a host sync per call; preflight checked the labels)
+    with label_range_checks(bool(OmegaConf.select(cfg, "checks.label_range", default=False))):
+        try:
+            cfg, data, module, trainer = prepare(cfg, overrides or [])
+        except SegtrainError as err:
+            err.before_training = True
+            raise
+        _fit(trainer, module, data, cfg.get("ckpt_path"))
+        if data.test_cases:
+            _test(trainer, module, data, Path(cfg.paths.output_dir))
     return summarise(trainer, module, Path(cfg.paths.output_dir), time.perf_counter() - started)
 
 
@@ -298,6 +322,7 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     from segtrain.events import event_files, hparam_metric_names, truncate_events
     from segtrain.augment import build_augmentation
     from segtrain.evaluation import ScoreSettings
+    from segtrain.losses.registry import loss_name
     from segtrain.models import fixed_divisor
     from segtrain.resume import resumed_config
 
@@ -315,11 +340,12 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     augmentation = build_augmentation(cfg.get("augment"))
     trainer = build_trainer(cfg)  # trainer settings (devices, precision, strategy) checked before preflight
     # preflight: every case validated before training
-    data = build_datamodule(cfg.data, output_dir, label_maps=getattr(loss, "label_maps", {}), seed=cfg.seed,
+    data = build_datamodule(cfg.data, output_dir, label_maps=loss.label_maps, seed=cfg.seed,
                             model_divisor=fixed_divisor(cfg.model, 3), augmentation=augmentation)
     if checkpoint is not None:
         check_same_cases(cfg, checkpoint, data)
     split = {"train": [c["id"] for c in data.train_cases], "val": [c["id"] for c in data.val_cases]}
+    check_loss(loss, cfg.loss, data.spec)
     module = build_module(cfg, data.spec, loss, split, overrides)
     resume_dir = OmegaConf.select(cfg, "resume.dir", default=None)
     if checkpoint is not None and resume_dir and Path(resume_dir).resolve() == output_dir.resolve() and trainer.is_global_zero:
@@ -328,7 +354,8 @@ def prepare(cfg: DictConfig, overrides: list[str]):
             for folder in sorted({path.parent for path in event_files(output_dir)}):
                 truncate_events(folder, float(state["events_wall_time"]))
     trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
-    log.info("model: %s, %s trainable parameters; loss: %s", cfg.model.get("_target_", "?"), f"{trainable:,}", cfg.loss.name)
+    log.info("model: %s, %s trainable parameters; loss: %s", cfg.model.get("_target_", "?"), f"{trainable:,}",
+             loss_name(OmegaConf.to_container(cfg.loss, resolve=True)))
     for logger in trainer.loggers:  # HParams: every parameter, best and final val/dice, val/iou, val/loss
         logger.log_hyperparams(module.hparams["run"], metrics={name: float("nan") for name in hparam_metric_names()})
     return cfg, data, module, trainer

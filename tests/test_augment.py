@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose
+from helpers.cli import compose
 from segtrain.augment import Augmentation, RandRotateScaled, build_augmentation
 from segtrain.errors import ConfigError
 from test_data_factory import nnunet_dataset
@@ -113,7 +113,7 @@ def _datamodule(tmp_path, cache_dir, *overrides, label_maps=None):
 
 
 def test_nnunet_pipeline_gives_patches_of_the_patch_size_with_valid_labels(tmp_path, cache_dir):
-    from segtrain.losses.boundary import SignedDistanceMaps
+    from segtrain.losses.maps import SignedDistanceMaps
 
     data = _datamodule(tmp_path, cache_dir, "augment=nnunet", "data.num_workers=0",
                        label_maps={"distance": SignedDistanceMaps(2)})
@@ -147,7 +147,7 @@ def test_label_maps_are_computed_once_per_case(tmp_path, cache_dir):
     """The label maps step is a MONAI MapTransform in the cached part: never recomputed per patch."""
     calls = []
 
-    def counting(label, spacing):
+    def counting(label, spacing, num_classes=None):
         calls.append(1)
         return label.astype(np.float32)
 

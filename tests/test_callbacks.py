@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import TINY_3D, compose
+from helpers.cli import TINY_3D, compose
 from segtrain.callbacks.layout import MetricsLayout, default_layout
 from segtrain.callbacks.overlays import ValidationOverlays, display_slice, pick_slice, render_overlay
 from segtrain.callbacks.run_name import MAX_LENGTH, join_overrides

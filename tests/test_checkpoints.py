@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_2D, compose
+from helpers.cli import ROOT, TINY_2D, compose
 from segtrain.checkpoints import SafeCheckpointIO, capture_rng_states, read_checkpoint, restore_rng_states
 from segtrain.files import atomic_write, remove_stale_temporaries, write_text_atomic
 from segtrain.errors import CheckpointError, ConfigError, NonFiniteError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_2D, TINY_3D, run_cli
+from helpers.cli import TINY_2D, TINY_3D, run_cli
 from segtrain.events import read_hparams, read_scalars
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_ddp_two_cpu_processes_logs_global_metrics(tmp_path, cache_dir):
     import torch
     from lightning.pytorch import Trainer
 
-    from conftest import compose
+    from helpers.cli import compose
     from segtrain.data import build_datamodule
     from segtrain.train import build_loss_from_config, build_module
 
@@ -153,7 +153,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, cache_dir):
     import signal
     import subprocess
 
-    from conftest import SEGTRAIN
+    from helpers.cli import SEGTRAIN
 
     run = tmp_path / "run"
     env = {**os.environ, "SEGTRAIN_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "ignore"}
@@ -170,3 +170,12 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, cache_dir):
     resumed = ok(run_cli([*TINY_3D, "trainer.max_epochs=4", f"ckpt_path={interrupted}", f"hydra.run.dir={tmp_path / 'resumed'}"],
                          tmp_path, cache_dir))
     assert "finished 4 epoch(s)" in resumed.stdout
+
+
+def test_a_run_without_loggers_or_checkpoints_trains(tmp_path, cache_dir):
+    """logger=none: the LR monitor stays quiet instead of refusing the run; enable_checkpointing=false drops the checkpoint callback."""
+    run = tmp_path / "run"
+    proc = run_cli([*TINY_2D, "logger=none", "trainer.enable_checkpointing=false", f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "segtrain: finished 1 epoch(s)" in proc.stdout
+    assert not list(run.glob("events.out.tfevents.*")) and not (run / "checkpoints").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_3D, run_cli
+from helpers.cli import TINY_3D, run_cli
 from segtrain.compare import compare, csv_table, main, markdown_table, run_names
 from segtrain.events import find_runs, read_scalars
 

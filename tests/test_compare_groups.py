@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import SEGTRAIN, TINY_3D, run_cli
+from helpers.cli import SEGTRAIN, TINY_3D, run_cli
 from segtrain.compare_groups import holm, paired_wilcoxon
 
 
@@ -72,7 +72,7 @@ def test_benchmark_script_datasets_compose_with_the_preset(cache_dir):
     """scripts/loss_benchmark.py's dataset overrides are valid configs; the preset holds a test set out."""
     import importlib.util
 
-    from conftest import ROOT, compose
+    from helpers.cli import ROOT, compose
 
     spec = importlib.util.spec_from_file_location("loss_benchmark", ROOT / "scripts" / "loss_benchmark.py")
     script = importlib.util.module_from_spec(spec)

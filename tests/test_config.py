@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose
+from helpers.cli import ROOT, compose
 
 
 def test_every_trainer_argument_is_in_the_trainer_config():
@@ -62,3 +62,23 @@ def test_loss_sweep_names_registered_losses():
     for name in cfg.hydra.sweeper.params.loss.split(","):
         assert name in available_losses()
         assert (ROOT / "configs" / "loss" / f"{name}.yaml").is_file()
+
+
+@pytest.mark.parametrize("debug, spelled_out", [("tiny", "TINY_2D"), ("tiny3d", "TINY_3D")])
+def test_the_debug_presets_are_the_tests_tiny_runs(debug, spelled_out):
+    """``segtrain debug=tiny`` is the tiny run the tests spell out key by key (tests/helpers/cli.py)."""
+    import helpers.cli
+
+    ours, theirs = compose([f"debug={debug}"]), compose(getattr(helpers.cli, spelled_out))
+    for key in ("data", "model", "augment"):
+        a, b = OmegaConf.to_container(ours[key], resolve=True), OmegaConf.to_container(theirs[key], resolve=True)
+        a.pop("max_epochs", None), b.pop("max_epochs", None)  # the run's length is compared as trainer.max_epochs
+        assert a == b, key
+    for key in ("max_epochs", "enable_model_summary", "log_every_n_steps", "enable_progress_bar"):
+        assert ours.trainer[key] == theirs.trainer[key], key
+
+
+def test_debug_checks_turns_on_the_slow_checks_and_combines_with_a_size():
+    cfg = compose(["debug=[tiny,checks]"])
+    assert cfg.checks.label_range is True and cfg.trainer.detect_anomaly is True and cfg.data.synthetic.spatial_dims == 2
+    assert compose([]).checks.label_range is False  # off by default: preflight checked the labels

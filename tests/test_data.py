@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose
+from helpers.cli import compose
 from test_data_factory import (images2d_dataset, msd_dataset, nnunet_dataset, save_nifti, save_nrrd, sphere_case)
 
 
@@ -232,7 +232,7 @@ def test_small_cases_are_padded_to_the_patch(tmp_path, cache_dir):
 
 def test_label_maps_hook_is_cropped_with_the_label(tmp_path, cache_dir):
     root = nnunet_dataset(tmp_path / "ds")
-    maps = {"twice": lambda label, spacing: 2.0 * label}
+    maps = {"twice": lambda label, spacing, num_classes=None: 2.0 * label}
     data = datamodule(root, "augment=none", cache_dir=cache_dir, label_maps=maps)
     data.setup("fit")
     item = data.train_set[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import compose
+from helpers.cli import compose
 from segtrain.data import DataOptions
 from segtrain.errors import ConfigError
 

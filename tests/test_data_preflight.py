@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import compose, run_cli
+from helpers.cli import compose, run_cli
 from segtrain.errors import DataError
 from test_data_factory import TINY_MODEL, images2d_dataset, msd_dataset, nnunet_dataset, save_nifti, sphere_case
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from helpers.cli import compose, run_cli
 from segtrain.events import read_scalars
 from test_data_factory import SLICER_CLASSES, TINY_MODEL, slicer_chest_dataset
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from conftest import TINY_3D, run_cli
+from helpers.cli import TINY_3D, run_cli
 from segtrain.callbacks.divergence import DivergenceMonitor, assess, linear_trend, spearman
 from segtrain.events import read_scalars
 

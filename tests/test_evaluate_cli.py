@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SEGTRAIN, run_cli
+from helpers.cli import SEGTRAIN, run_cli
 
 pytestmark = pytest.mark.slow
 EVALUATE = SEGTRAIN + "-evaluate"

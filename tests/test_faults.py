@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SEGTRAIN, run_cli
+from helpers.cli import SEGTRAIN, run_cli, run_process
 from segtrain.events import read_scalars
 
 pytestmark = pytest.mark.slow
@@ -68,9 +68,10 @@ def assert_same_run(run: Path, reference: Path) -> None:
             assert a.value == pytest.approx(b.value, abs=1e-6), (tag, a.step)
 
 
-def assert_resumes_like(run: Path, reference: Path, tmp_path: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+def assert_resumes_like(run: Path, reference: Path, tmp_path: Path, cache_dir: Path,
+                        runner=run_cli) -> subprocess.CompletedProcess:
     """``segtrain resume=run`` succeeds and ends as the reference run did, every step logged once."""
-    resumed = ok(run_cli([f"resume={run}"], tmp_path, cache_dir))
+    resumed = ok(runner([f"resume={run}"], tmp_path, cache_dir))
     assert final_val_dice(run) == pytest.approx(final_val_dice(reference), abs=1e-6)
     assert_each_step_once(run)
     assert_same_run(run, reference)
@@ -281,7 +282,7 @@ def test_ddp_sigterm_stops_every_rank_and_the_resume_matches(tmp_path, cache_dir
     proc = start(run, cache_dir, *ddp)
     stdout, stderr = signal_after_first_epoch(proc, signal.SIGTERM, delay=0.2)
     one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), 143, label="stopped")
-    assert_resumes_like(run, reference, tmp_path, cache_dir)
+    assert_resumes_like(run, reference, tmp_path, cache_dir, runner=run_process)  # the run's own devices=2: DDP
 
 
 def test_without_checkpointing_the_run_still_trains(tmp_path, cache_dir):

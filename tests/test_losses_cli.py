@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY_3D, run_cli
+from helpers.cli import TINY_3D, run_cli
 from segtrain.events import read_scalars
 from segtrain.losses import available_losses
 

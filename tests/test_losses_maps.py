@@ -12,10 +12,10 @@ import torch
 from omegaconf import OmegaConf
 from scipy import ndimage
 
-from conftest import ROOT
+from helpers.cli import ROOT
 from segtrain.losses import available_losses, build_loss
-from segtrain.losses.boundary import SignedDistanceMaps
-from segtrain.losses.crossentropy import BorderWeightMap
+from segtrain.losses.maps import SignedDistanceMaps
+from segtrain.losses.maps import BorderWeightMap
 from segtrain.losses.deep_supervision import DeepSupervisionLoss
 from segtrain.losses.registry import loss_parameters
 
@@ -105,21 +105,21 @@ def test_label_maps_run_in_the_data_pipeline_with_the_spacing():
     label[0, 1:3, 1:3, 1:4] = 1
     affine = torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0]))
     loss = build_loss("boundary")
-    loss.set_num_classes(2)
-    out = LabelMapsd(loss.label_maps)({"label": MetaTensor(label, affine=affine)})
+    out = LabelMapsd(loss.label_maps, num_classes=2)({"label": MetaTensor(label, affine=affine)})
     expected = SignedDistanceMaps(num_classes=2)(label.numpy().astype(np.int64), spacing=(2.0, 1.0, 1.0))
     np.testing.assert_allclose(np.asarray(out["signed_distance"]), expected)
     assert float(np.asarray(out["signed_distance"]).max()) > 2  # in mm along the first axis
 
 
-def test_the_module_tells_the_loss_the_number_of_classes():
-    from segtrain.module import SegmentationModule
+def test_the_pipeline_gives_every_case_the_dataset_number_of_channels():
+    from segtrain.data.transforms import LabelMapsd
 
     loss = build_loss("boundary")
-    SegmentationModule(torch.nn.Identity(), loss, num_classes=4, class_names=["bg", "a", "b", "c"], optimizer=None)
     label = np.zeros((1, 4, 4), dtype=np.int64)
-    label[0, 0, 0] = 1
-    assert loss.label_maps["signed_distance"](label).shape == (3, 4, 4)  # same channels for every case
+    label[0, 0, 0] = 1  # only class 1 in this case; the dataset has 4 classes
+    out = LabelMapsd(loss.label_maps, num_classes=4)({"label": torch.from_numpy(label)})
+    assert tuple(out["signed_distance"].shape) == (3, 4, 4)  # same channels for every case
+    assert loss.label_maps["signed_distance"](label).shape == (1, 4, 4)  # alone: up to the case's largest label
 
 
 # -- boundary: the alpha schedule ----------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from segtrain.losses import available_losses, build_loss
+from segtrain.losses.registry import loss_parameters
 
 # boundary with alpha < 1 so that its distance term is exercised too
 PARAMS = {"boundary": {"alpha": 0.5}}
@@ -116,3 +117,34 @@ def test_fp16_autocast_on_a_128_cube_does_not_overflow(name, cube):
     assert torch.isfinite(value) and torch.isfinite(half.grad).all()
     expected = loss(half.detach().float(), target)
     torch.testing.assert_close(value.detach().float(), expected, rtol=1e-4, atol=1e-5)
+
+
+SMOOTHED = [n for n in LOSSES if "smooth" in loss_parameters(n)]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+@pytest.mark.parametrize("name", SMOOTHED)
+def test_smooth_zero_on_an_all_background_batch_is_finite(name, channels):
+    """Every ratio's denominator is floored (EPS): smooth=0 on empty classes gives no 0/0 and no log(0)."""
+    batches = (False, True) if "batch" in loss_parameters(name) else (False,)
+    logits = torch.randn(2, channels, 6, 7, 8, generator=torch.Generator().manual_seed(1))
+    target = torch.zeros(2, 1, 6, 7, 8, dtype=torch.long)
+    for batch in batches:
+        params = {**PARAMS.get(name, {}), "smooth": 0.0, **({"batch": True} if batch else {})}
+        value, grad = value_and_grad(build_loss(name, **params), logits, target)
+        assert torch.isfinite(value) and torch.isfinite(grad).all(), (name, channels, batch, float(value))
+
+
+def test_the_per_call_label_check_can_be_turned_off():
+    """The label range check reads min/max back to the host on every call; training turns it off (preflight checked)."""
+    from segtrain.losses.inputs import LossInputs, label_range_checks
+
+    logits, bad = torch.randn(1, 3, 4, 4), torch.full((1, 1, 4, 4), 7)
+    with pytest.raises(ValueError, match=r"label values must lie in \[0, 2\]"):
+        LossInputs(logits, bad, "dice")
+    with label_range_checks(False):
+        LossInputs(logits, bad, "dice")  # not read back: no check, no host synchronisation
+        with label_range_checks(True), pytest.raises(ValueError, match="label values"):
+            LossInputs(logits, bad, "dice")
+    with pytest.raises(ValueError, match="label values"):  # the block restored the default
+        LossInputs(logits, bad, "dice")

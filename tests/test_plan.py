@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import compose, run_cli
+from helpers.cli import compose, run_cli
 from segtrain.data.plan import (feature_map_voxels, make_plan, normalization_for, plan_patch, pool_and_conv_props,
                                 reoriented, target_spacing)
 from test_data_factory import TINY_MODEL, nnunet_dataset, save_nifti, sphere_case

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import SEGTRAIN, TINY_2D, TINY_3D, run_cli
+from helpers.cli import SEGTRAIN, TINY_2D, TINY_3D, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY_3D, run_cli
+from helpers.cli import TINY_3D, run_cli
 from segtrain.events import read_scalars
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def test_test_split_reads_labels_through_the_runs_label_mapping(tmp_path, cache_
     """A 2D dataset of 0/255 masks trained with data.label_mapping: the test labels are mapped the same way."""
     from PIL import Image
 
-    from conftest import TINY_2D
+    from helpers.cli import TINY_2D
 
     source = next(cache_dir.glob("synthetic2d_*/images"), None)
     if source is None:  # the 2D synthetic set is made by the first 2D run of the session

@@ -130,3 +130,18 @@ def _relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     if isinstance(out.get("best_k_models"), dict):
         out["best_k_models"] = {move(k): v for k, v in out["best_k_models"].items()}
     return out
+
+
+def run_checkpoint(dirpath: str | Path, monitor: str = "val/dice", mode: str = "max", filename: str = "best",
+                   last_name: str = "last", every_n_train_steps: int | None = None,
+                   enabled: bool | None = None) -> RunCheckpoint | None:
+    """The ``callbacks.model_checkpoint`` entry: a ``RunCheckpoint``, or none when ``enabled`` is false.
+
+    ``enabled`` follows ``trainer.enable_checkpointing`` in the config, so that
+    ``trainer.enable_checkpointing=false`` alone turns checkpoints off (Lightning refuses a checkpoint
+    callback with that flag).
+    """
+    if enabled is False:
+        return None
+    return RunCheckpoint(dirpath, monitor=monitor, mode=mode, filename=filename, last_name=last_name,
+                         every_n_train_steps=every_n_train_steps)

@@ -201,11 +201,7 @@ class DivergenceMonitor(Callback):
 
     def hints(self, trainer, pl_module) -> list[str]:
         hints = []
-        loss = getattr(getattr(pl_module, "loss", None), "loss", getattr(pl_module, "loss", None))
-        modules = list(loss.modules()) if hasattr(loss, "modules") else []
-        if any(getattr(m, "include_background", False) is True for m in modules):
-            hints.append("the loss includes the background (loss.include_background=true): its background term keeps "
-                         "improving while the tiny foreground is missed; set loss.include_background=false")
+        hints += pl_module.loss.hints()
         train_dice = trainer.callback_metrics.get("train/dice")
         if train_dice is not None and float(train_dice) - self.history["dice"][-1] > 0.3:
             hints.append(f"patch metrics are far from whole-case metrics (train/dice on patches {float(train_dice):.2f}, "

@@ -83,3 +83,16 @@ class Progress(TQDMProgressBar):
             parts.append(f"train/loss {float(loss):.4f}")
         parts.append(f"{rate:.1f} steps/s")
         log.info("  ".join(parts))
+
+
+def progress(every_n_steps: int = 50, plain: bool | None = None, refresh_rate: int = 1,
+             enabled: bool | None = None) -> Progress | None:
+    """The ``callbacks.progress`` entry: a ``Progress``, or none when ``enabled`` is false.
+
+    ``enabled`` follows ``trainer.enable_progress_bar`` in the config, so that
+    ``trainer.enable_progress_bar=false`` alone turns progress off (Lightning refuses a progress bar
+    callback with that flag); the per-epoch table is printed either way.
+    """
+    if enabled is False:
+        return None
+    return Progress(every_n_steps=every_n_steps, plain=plain, refresh_rate=refresh_rate)

@@ -253,12 +253,12 @@ class SegmentationDataModule(LightningDataModule):
             return
         base = deterministic_transforms(self.options, self.spec, self.label_mapping)
         extra = list(self.label_maps)
-        train = base + train_cached_transforms(self.spec.patch_size, self.label_maps)
+        train = base + train_cached_transforms(self.spec.patch_size, self.label_maps, self.spec.num_classes)
         spacing = self.spec.spacing or (self.report.median_spacing() if self.report is not None else None)
         train += train_random_transforms(self.spec.patch_size, float(self.options.pos_fraction),
                                          self.options.sampling, self.augmentation,
                                          spacing if self.spec.spatial_dims == 3 else None, extra_keys=extra)
-        val = base + ([LabelMapsd(self.label_maps)] if self.label_maps else [])
+        val = base + ([LabelMapsd(self.label_maps, self.spec.num_classes)] if self.label_maps else [])
         self.train_set = self._dataset(self.train_cases, train, "train")
         self.val_set = self._dataset(self.val_cases, val, "val")
 

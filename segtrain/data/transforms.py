@@ -314,13 +314,14 @@ def _numpy(value) -> np.ndarray:
     return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
 
 
-def train_cached_transforms(patch_size: Sequence[int], label_maps: dict | None = None) -> list:
+def train_cached_transforms(patch_size: Sequence[int], label_maps: dict | None = None,
+                            num_classes: int | None = None) -> list:
     """After the deterministic part, for training cases: pad to the patch, add label maps, sample class locations."""
     from monai import transforms as T
 
     steps: list = [T.SpatialPadd(keys=["image", "label"], spatial_size=list(patch_size), mode="constant")]
     if label_maps:
-        steps.append(LabelMapsd(label_maps))
+        steps.append(LabelMapsd(label_maps, num_classes))
     steps.append(ForegroundLocationsd(label_key="label"))
     return steps
 
@@ -347,15 +348,16 @@ def train_random_transforms(patch_size: Sequence[int], pos_fraction: float, samp
 
 
 class LabelMapsd(MapTransform):
-    """Adds per-case maps computed from the label (``name → fn(label, spacing)``), e.g. distance maps.
+    """Adds per-case maps computed from the label (``name → fn(label, spacing, num_classes)``, see
+    ``segtrain.losses.maps``), e.g. distance maps.
 
     A deterministic MONAI ``MapTransform`` in the cached part of the pipeline (``CacheDataset`` caches
     up to the first random transform), so each map is computed once per case.
     """
 
-    def __init__(self, maps: dict, label_key: str = "label"):
+    def __init__(self, maps: dict, num_classes: int | None = None, label_key: str = "label"):
         super().__init__(label_key)
-        self.maps, self.label_key = dict(maps), label_key
+        self.maps, self.num_classes, self.label_key = dict(maps), num_classes, label_key
 
     def __call__(self, data: dict) -> dict:
         from monai.data import MetaTensor
@@ -365,6 +367,6 @@ class LabelMapsd(MapTransform):
         array = np.asarray(label.detach().cpu() if torch.is_tensor(label) else label).astype(np.int64)
         spacing = tuple(float(s) for s in label.pixdim) if isinstance(label, MetaTensor) else (1.0,) * (array.ndim - 1)
         for name, fn in self.maps.items():
-            value = torch.as_tensor(np.asarray(fn(array, spacing), dtype=np.float32))
+            value = torch.as_tensor(np.asarray(fn(array, spacing, num_classes=self.num_classes), dtype=np.float32))
             data[name] = MetaTensor(value, meta=dict(label.meta)) if isinstance(label, MetaTensor) else value
         return data

@@ -2,7 +2,7 @@
 
 Every loss takes raw logits ``(B, C, *S)`` and an integer label map ``(B, 1, *S)`` or ``(B, *S)``
 and owns the activation (sigmoid for ``C == 1``, softmax otherwise) and the one-hot step.
-See ``../shared/LOSSES.md`` for the contract and ``segtrain-losses`` for the list.
+See docs/losses.md for the contract and ``segtrain-losses`` for the list.
 """
 
 from segtrain.losses.registry import available_losses, build_loss, describe_losses, register

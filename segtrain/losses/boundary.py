@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from segtrain.losses.base import LossInputs, SegmentationLoss
+from segtrain.losses.maps import SignedDistanceMaps
 from segtrain.losses.overlap import GeneralizedDiceLoss
 from segtrain.losses.registry import register
 
@@ -52,9 +51,6 @@ class BoundaryLoss(SegmentationLoss):
         self.region = GeneralizedDiceLoss()
         self.label_maps = {"signed_distance": SignedDistanceMaps()}
 
-    def set_num_classes(self, num_classes: int) -> None:
-        self.label_maps["signed_distance"].num_classes = int(num_classes)
-
     def alpha_at(self, epoch: int) -> float:
         """The scheduled alpha of ``epoch`` (0-based)."""
         return max(self.alpha_min, self.alpha - epoch * self.alpha_step)
@@ -74,40 +70,6 @@ class BoundaryLoss(SegmentationLoss):
 
     @staticmethod
     def _on_the_fly(inputs: LossInputs) -> Tensor:
-        fn = SignedDistanceMaps(num_classes=inputs.num_labels)
+        fn = SignedDistanceMaps()
         labels = inputs.target.detach().cpu().numpy()
-        return torch.from_numpy(np.stack([fn(labels[b]) for b in range(labels.shape[0])]))
-
-
-class SignedDistanceMaps:
-    """Label map of ``boundary``: signed Euclidean distance to each foreground class, (K − 1, *S) float32.
-
-    Channel ``c − 1`` holds class ``c``: ``EDT(outside) − EDT(inside)``, i.e. the distance to the
-    nearest voxel of the class outside it and minus the distance to the nearest voxel of another
-    class inside it (``scipy.ndimage.distance_transform_edt`` with ``sampling = spacing``), 0 where
-    the class is absent from the case or fills it. ``num_classes`` (background included) fixes the
-    number of channels so that every case of a dataset gets the same; the training set-up sets it
-    (``set_num_classes``); unknown, the classes up to the largest label of the case (at least 1).
-    """
-
-    def __init__(self, num_classes: int | None = None):
-        self.num_classes = num_classes
-
-    def __call__(self, label: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-        from scipy import ndimage
-
-        label = np.asarray(label)[0]
-        channels = self.num_classes - 1 if self.num_classes else max(1, int(label.max(initial=0)))
-        sampling = tuple(float(s) for s in spacing) if spacing is not None and len(spacing) == label.ndim else None
-        out = np.zeros((channels, *label.shape), dtype=np.float32)
-        for c in range(1, channels + 1):
-            mask = label == c
-            if not mask.any() or mask.all():
-                continue
-            out[c - 1] = ndimage.distance_transform_edt(~mask, sampling=sampling) - ndimage.distance_transform_edt(
-                mask, sampling=sampling
-            )
-        return out
-
-    def __repr__(self) -> str:
-        return f"SignedDistanceMaps(num_classes={self.num_classes})"
+        return torch.from_numpy(np.stack([fn(labels[b], num_classes=inputs.num_labels) for b in range(labels.shape[0])]))

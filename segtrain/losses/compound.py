@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segtrain.losses.base import LossInputs, SegmentationLoss, safe_pow
+from segtrain.losses.base import EPS, LossInputs, SegmentationLoss
+from segtrain.losses.soft_counts import safe_pow
 from segtrain.losses.crossentropy import BalancedCrossEntropyLoss, CrossEntropyLoss, FocalLoss
 from segtrain.losses.overlap import DiceLoss
 from segtrain.losses.registry import register
@@ -152,7 +153,7 @@ class ExpLogLoss(SegmentationLoss):
         counts = inputs.class_counts
         weights = torch.where(counts > 0, (counts.sum() / counts.clamp_min(1.0)).sqrt(), 0.0)
         cross = (weights[inputs.target] * safe_pow(inputs.nll, self.gamma_cross)).mean()
-        dice = safe_pow(-torch.log(self.dice.dice_score(inputs)), self.gamma_dice).mean()
+        dice = safe_pow(-torch.log(self.dice.dice_score(inputs).clamp_min(EPS)), self.gamma_dice).mean()
         return self.w_dice * dice + self.w_cross * cross
 
 

@@ -1,7 +1,7 @@
 """Pixel-wise losses of the cross-entropy family: CE, weighted, balanced, distance-weighted, focal, conservative.
 
 ``p_t`` is the probability of the true class at a position; every loss here is a mean over all
-positions of the batch (../shared/LOSSES.md), computed in float32 from the logits with the stable
+positions of the batch (docs/losses.md), computed in float32 from the logits with the stable
 ``log_softmax`` / ``logsigmoid`` forms.
 """
 
@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segtrain.losses.base import LossInputs, SegmentationLoss, safe_pow
+from segtrain.losses.base import LossInputs, SegmentationLoss
+from segtrain.losses.maps import BorderWeightMap
+from segtrain.losses.soft_counts import safe_pow
 from segtrain.losses.registry import register
 
 
@@ -175,47 +177,6 @@ class DistanceWeightedCrossEntropyLoss(SegmentationLoss):
         fn = self.label_maps["border_weight"]
         labels = inputs.target.detach().cpu().numpy()
         return torch.from_numpy(np.stack([fn(labels[b]) for b in range(labels.shape[0])]))
-
-
-class BorderWeightMap:
-    """Label map of ``distance_weighted_ce``: ``w0·exp(−(d1 + d2)² / (2σ²))`` of one case, (1, *S) float32.
-
-    Objects are the connected components of ``label > 0`` (face connectivity). The distance to each
-    object is a Euclidean distance transform computed only inside the object's bounding box grown by
-    ``σ·√(2·ln 10⁶)``: beyond it the term is below ``w0·10⁻⁶``, so the cost grows with the objects'
-    size and number, not with the volume times the number of objects. The two smallest distances are
-    kept per voxel. Distances are in voxels (``sigma`` is in voxels), whatever the spacing.
-    """
-
-    TOLERANCE = 1e-6  # relative size of the term where the distances stop being computed
-
-    def __init__(self, w0: float, sigma: float):
-        self.w0, self.sigma = float(w0), float(sigma)
-
-    def __call__(self, label: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-        from scipy import ndimage
-
-        mask = np.asarray(label)[0] > 0
-        out = np.zeros((1, *mask.shape), dtype=np.float32)
-        components, count = ndimage.label(mask)
-        if count < 2 or self.w0 == 0:
-            return out
-        margin = int(math.ceil(self.sigma * math.sqrt(2 * math.log(1 / self.TOLERANCE))))
-        nearest = np.full(mask.shape, np.inf, dtype=np.float32)
-        second = np.full(mask.shape, np.inf, dtype=np.float32)
-        for index, box in enumerate(ndimage.find_objects(components), start=1):
-            grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, mask.shape))
-            distance = ndimage.distance_transform_edt(components[grown] != index).astype(np.float32)
-            d1, d2 = nearest[grown], second[grown]
-            second[grown] = np.where(distance < d1, d1, np.minimum(d2, distance))
-            nearest[grown] = np.minimum(d1, distance)
-        total = nearest + second  # inf where fewer than two objects are within reach
-        with np.errstate(over="ignore", invalid="ignore"):
-            out[0] = np.where(np.isfinite(total), self.w0 * np.exp(-np.square(total) / (2 * self.sigma**2)), 0.0)
-        return out
-
-    def __repr__(self) -> str:
-        return f"BorderWeightMap(w0={self.w0}, sigma={self.sigma})"
 
 
 @register("focal")

@@ -1,4 +1,11 @@
-"""Deep supervision: apply a loss to every output head with decaying weights, as nnU-Net does."""
+"""Deep supervision: apply a loss to every output head with decaying weights, as nnU-Net does.
+
+MONAI's ``monai.losses.DeepSupervisionLoss`` does the same sum, but takes the main output first,
+clamps its weights at 1/16 without normalising them, and passes no label maps to the loss; ours reads
+UNet++'s heads main-last, normalises the weights to sum 1 (nnU-Net's) and downsamples the label maps
+with the labels. It is the one object the training module talks to: it forwards the epoch hook, the
+label maps and the divergence hints of the loss it wraps.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,8 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from segtrain.losses.base import SegmentationLoss
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -16,7 +25,7 @@ class DeepSupervisionLoss(nn.Module):
     nearest-neighbour downsampled label map.
     """
 
-    def __init__(self, loss: nn.Module):
+    def __init__(self, loss: SegmentationLoss):
         super().__init__()
         self.loss = loss
 
@@ -28,7 +37,13 @@ class DeepSupervisionLoss(nn.Module):
 
     @property
     def label_maps(self) -> dict:
-        return getattr(self.loss, "label_maps", {})
+        return self.loss.label_maps
+
+    def on_epoch_start(self, epoch: int) -> dict[str, float]:
+        return self.loss.on_epoch_start(epoch)
+
+    def hints(self) -> list[str]:
+        return self.loss.hints()
 
     def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor, **maps: Tensor) -> Tensor:
         if isinstance(outputs, Tensor):

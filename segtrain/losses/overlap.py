@@ -1,6 +1,6 @@
 """Region (overlap) losses: Dice, IoU, Tversky and relatives, from per-(sample, class) TP/FP/FN.
 
-All share ``RegionLoss``'s conventions (../shared/LOSSES.md): ``smooth`` added to numerator and
+All share ``RegionLoss``'s conventions (docs/losses.md): ``smooth`` added to numerator and
 denominator, class 0 dropped unless ``include_background``, per-sample values averaged (or, with
 ``batch``, sums over the whole batch first), statistics in float32.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segtrain.losses.base import LossInputs, RegionLoss, safe_pow
+from segtrain.losses.base import EPS, LossInputs, RegionLoss
+from segtrain.losses.soft_counts import safe_pow
 from segtrain.losses.registry import register
 
 @register("dice")
@@ -40,7 +41,7 @@ class DiceLoss(RegionLoss):
         """Soft Dice per (sample, kept class): (2·TP + s) / (Σpᵏ + Σg + s)."""
         tp, sum_p, sum_g = self.region_stats(inputs, power=2 if self.squared else 1)
         # g is 0/1 so Σg² = Σg.
-        return (2 * tp + self.smooth) / (sum_p + sum_g + self.smooth)
+        return (2 * tp + self.smooth) / (sum_p + sum_g + self.smooth).clamp_min(EPS)
 
     def compute(self, inputs: LossInputs) -> Tensor:
         return (1 - self.dice_score(inputs)).mean()
@@ -63,7 +64,7 @@ class IoULoss(RegionLoss):
 
     def compute(self, inputs: LossInputs) -> Tensor:
         tp, sum_p, sum_g = self.region_stats(inputs)
-        return (1 - (tp + self.smooth) / (sum_p + sum_g - tp + self.smooth)).mean()
+        return (1 - (tp + self.smooth) / (sum_p + sum_g - tp + self.smooth).clamp_min(EPS)).mean()
 
 
 @register("tversky")
@@ -103,7 +104,7 @@ class TverskyLoss(RegionLoss):
     def tversky_index(self, inputs: LossInputs) -> Tensor:
         stats = self.region_stats(inputs)
         tp = stats.tp
-        return (tp + self.smooth) / (tp + self.alpha * stats.fp + self.beta * stats.fn + self.smooth)
+        return (tp + self.smooth) / (tp + self.alpha * stats.fp + self.beta * stats.fn + self.smooth).clamp_min(EPS)
 
     def compute(self, inputs: LossInputs) -> Tensor:
         return (1 - self.tversky_index(inputs)).mean()
@@ -181,7 +182,8 @@ class SensitivitySpecificityLoss(RegionLoss):
             foreground, background = foreground.sum(0), background.sum(0)
             sum_g, sum_not_g = sum_g.sum(0), sum_not_g.sum(0)
         w = self.sensitivity_weight
-        return (w * foreground / (sum_g + self.smooth) + (1 - w) * background / (sum_not_g + self.smooth)).mean()
+        return (w * foreground / (sum_g + self.smooth).clamp_min(EPS)
+                + (1 - w) * background / (sum_not_g + self.smooth).clamp_min(EPS)).mean()
 
 
 @register("generalized_dice")
@@ -212,5 +214,5 @@ class GeneralizedDiceLoss(RegionLoss):
         w = torch.where(present, 1.0 / sum_g.clamp_min(1.0).square(), 0.0)
         w = torch.where(present, w, w.amax(dim=1, keepdim=True))  # absent classes: the largest present weight
         numerator = 2 * (w * tp).sum(1) + self.smooth
-        denominator = (w * (sum_p + sum_g)).sum(1) + self.smooth
+        denominator = ((w * (sum_p + sum_g)).sum(1) + self.smooth).clamp_min(EPS)
         return (1 - numerator / denominator).mean()

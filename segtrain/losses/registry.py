@@ -32,13 +32,7 @@ def available_losses() -> list[str]:
 
 def loss_parameters(name: str) -> dict[str, Any]:
     """Parameter names of a registered loss with their defaults."""
-    cls = _get(name)
-    params = inspect.signature(cls.__init__).parameters
-    return {
-        p.name: (None if p.default is inspect.Parameter.empty else p.default)
-        for p in list(params.values())[1:]
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return _parameters(_get(name))[0]
 
 
 def _get(name: str) -> type[nn.Module]:
@@ -49,15 +43,77 @@ def _get(name: str) -> type[nn.Module]:
 
 def build_loss(name: str, **params: Any) -> nn.Module:
     """Build the registered loss ``name`` with ``params``; unknown names or parameters raise ValueError."""
-    cls = _get(name)
-    allowed = loss_parameters(name)
+    return _build(_get(name), name, params)
+
+
+def _parameters(cls: type) -> tuple[dict[str, Any], bool]:
+    """The keyword parameters of ``cls(...)`` with their defaults, and whether it takes ``**kwargs``."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    named = {p.name: (None if p.default is inspect.Parameter.empty else p.default)
+             for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _build(cls: type, label: str, params: dict[str, Any]) -> nn.Module:
+    allowed, open_ended = _parameters(cls)
     unknown = sorted(set(params) - set(allowed))
-    if unknown:
+    if unknown and not open_ended:
         raise ValueError(
-            f"loss '{name}' has no parameter {', '.join(repr(u) for u in unknown)}; "
+            f"loss '{label}' has no parameter {', '.join(repr(u) for u in unknown)}; "
             f"its parameters are: {', '.join(allowed) or '(none)'}"
         )
     return cls(**params)
+
+
+def loss_from_config(config: dict[str, Any]) -> nn.Module:
+    """The loss a ``loss`` config describes, as a ``SegmentationLoss``.
+
+    ``name: <registry name>`` builds a registered loss (``segtrain-losses`` lists them);
+    ``_target_: package.module.Class`` builds any class, a user's own loss included (found through
+    ``--config-dir``, see docs/losses.md). Both check the parameter names against the constructor
+    and let it check their values. A loss that is a plain ``nn.Module`` (``forward(logits, target)``
+    → scalar) is wrapped in ``ModuleLoss``, so that it is logged, checked and deep-supervised as the
+    registry's losses are.
+
+    Raises:
+        ValueError: no loss named, an unknown loss or parameter, a value the constructor refuses, or a
+            ``_target_`` that cannot be imported or is not an ``nn.Module``.
+    """
+    from hydra.utils import get_class
+
+    from segtrain.losses.base import ModuleLoss, SegmentationLoss
+
+    params = {k: v for k, v in config.items() if k not in ("_target_", "name")}
+    target, name = config.get("_target_"), config.get("name")
+    if target is None and name is None:
+        raise ValueError("loss.name is missing; choose a loss with loss=<name> (segtrain-losses lists them) "
+                         "or give loss._target_=<package.Class> (docs/losses.md)")
+    if target is None:
+        return build_loss(str(name), **params)
+    try:
+        cls = get_class(str(target))
+    except Exception as err:  # noqa: BLE001 - hydra wraps ImportError/AttributeError alike
+        raise ValueError(f"loss._target_={target} cannot be imported ({' '.join(str(err).split())[:200]}); "
+                         "put its module on the Python path (the --config-dir folder is on it)") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"loss._target_={target} is not a torch.nn.Module class")
+    label = str(name or cls.__name__)
+    try:
+        loss = _build(cls, label, params)
+    except ValueError as err:  # the class's own checks name it by its class; the config's name is what users typed
+        own = f"loss '{getattr(cls, 'registry_name', cls.__name__)}':"
+        raise ValueError(str(err).replace(own, f"loss '{label}':", 1)) from None
+    if isinstance(loss, SegmentationLoss):
+        loss.registry_name = label
+        return loss
+    return ModuleLoss(loss, label)
+
+
+def loss_name(config: dict[str, Any]) -> str:
+    """How a run's loss is shown (logs, run names, ``segtrain-compare --group-by loss``): ``name``, else the class."""
+    if config.get("name"):
+        return str(config["name"])
+    return str(config.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def describe_losses(config_dir: str | Path | None = None) -> list[dict[str, Any]]:

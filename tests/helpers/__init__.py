@@ -1,0 +1,1 @@
+"""Helpers of the test suite (imported as ``helpers.<module>``; conftest.py holds fixtures only)."""
