@@ -29,7 +29,7 @@ def main() -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from conftest import compose
+    from helpers.cli import compose
     from lightning.pytorch import Callback, Trainer, seed_everything
 
     from segtrain.augment import build_augmentation

@@ -24,7 +24,7 @@ def _ours_3d(root: Path):
 
     listing = list_cases(root)
     report = run_preflight(listing, 3, len(listing.class_names) if listing.class_names else None)
-    from conftest import compose  # tests/conftest.py: the shipped configs with Hydra's compose API
+    from helpers.cli import compose  # tests/helpers/cli.py: the shipped configs with Hydra's compose API
 
     options = DataOptions.from_config(compose(["data=nifti", f"data.root={root}"]).data)
     return plan_dataset(options, report, 3)

@@ -32,16 +32,15 @@ def class_argmax(logits: Tensor) -> Tensor:
 
 
 def confusion_counts(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """TP, FP, FN per foreground class (1..C-1) for hard label maps ``pred`` and ``target`` of equal shape."""
-    pred = pred.flatten().long()
-    target = target.flatten().long()
-    # One bincount of the joint (target, pred) index gives the whole confusion matrix.
-    confusion = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
-    confusion = confusion.reshape(num_classes, num_classes)  # rows: truth, columns: prediction
-    tp = confusion.diagonal()
-    fp = confusion.sum(0) - tp
-    fn = confusion.sum(1) - tp
-    return tp[1:], fp[1:], fn[1:]
+    """TP, FP, FN per foreground class (1..C-1) for hard label maps ``pred`` and ``target`` of equal shape.
+
+    torchmetrics' ``multiclass_stat_scores`` (one bincount of the joint index); values outside
+    ``[0, C)`` are not checked here (the labels passed preflight, the predictions are an argmax).
+    """
+    from torchmetrics.functional.classification import multiclass_stat_scores
+
+    stats = multiclass_stat_scores(pred.flatten(), target.flatten(), num_classes, average=None, validate_args=False)
+    return stats[1:, 0], stats[1:, 1], stats[1:, 3]  # columns: tp, fp, tn, fn, support
 
 
 class OverlapMetrics(Metric):

@@ -4,6 +4,13 @@ The checkpoint carries the composed config and the data spec (``checkpoint["segt
 network and the preprocessing are rebuilt exactly as trained. Each prediction is inverted through
 the preprocessing (orientation, resampling) with MONAI's ``Invertd`` and written with the
 image's own affine: it overlays the input in any viewer.
+
+The windows are ``segtrain.inference.sliding_window_logits``, the function validation and the test
+split use. The loop over cases is ours rather than Lightning's ``Trainer.predict``: each case is
+preprocessed, predicted, inverted to its own grid and written (staged, then renamed) before the
+next is read, so memory holds one case and a killed run leaves whole files; ``Trainer.predict``
+gathers every output of an epoch (or needs a writer callback doing the same per batch) and adds
+nothing here: no optimisation, no DDP for a folder of cases on one device.
 """
 
 from __future__ import annotations
