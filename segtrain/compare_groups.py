@@ -51,7 +51,11 @@ def run_group(run_dir: Path, key: str) -> str:
     config = Path(run_dir) / ".hydra" / "config.yaml"
     if config.is_file():
         cfg = OmegaConf.load(config)
-        value = OmegaConf.select(cfg, f"{key}.name" if key == "loss" else key, default=None)
+        if key == "loss" and OmegaConf.is_dict(cfg.get("loss")):
+            from segtrain.losses.registry import loss_name
+
+            return loss_name(OmegaConf.to_container(cfg.loss))  # a loss of one's own (_target_) included
+        value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             return str(value)
     from segtrain.events import run_overrides

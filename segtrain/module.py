@@ -98,9 +98,12 @@ class SegmentationModule(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Scheduled losses (e.g. boundary's alpha) advance once per epoch; their values are logged.
+        # Written to the loggers now, at the epoch's first step: an epoch-end value would come after the epoch's
+        # checkpoint, and a resume from it (which drops the events logged after the checkpoint) would lose it.
         values = self.loss.on_epoch_start(self.current_epoch)
-        for name, value in values.items():
-            self.log(f"loss/{name}", float(value), on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+        if values and self.trainer.is_global_zero:  # a function of the epoch: the same on every rank
+            for logger in self.loggers:
+                logger.log_metrics({f"loss/{name}": float(value) for name, value in values.items()}, step=self.global_step)
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

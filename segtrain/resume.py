@@ -103,8 +103,10 @@ def prepare_argv(argv: list[str]) -> list[str]:
     checkpoint = read_checkpoint(ckpt_file, key="ckpt_path" if run_dir is None or ckpt else "resume")
     given = {kv[0] for kv in map(_split, argv) if kv}
     choices = checkpoint["segtrain"].get("choices") or {}
-    out = [f"{group}={choice}" for group, choice in choices.items() if group not in given]
-    out += [a for a in argv if (_split(a) or ("",))[0] not in ("resume", "resume.dir", "ckpt_path")]
+    flags, overrides = _flags_first(argv)
+    _check_choices_exist(choices, given, flags)
+    out = flags + [f"{group}={choice}" for group, choice in choices.items() if group not in given]
+    out += [a for a in overrides if (_split(a) or ("",))[0] not in ("resume", "resume.dir", "ckpt_path")]
     out.append(f"ckpt_path={_quoted(ckpt_file)}")
     if run_dir is not None:
         out.append(f"resume.dir={_quoted(run_dir)}")
@@ -115,6 +117,37 @@ def prepare_argv(argv: list[str]) -> list[str]:
             out.append(f"hydra.output_subdir=.hydra/resumed/{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(stamp))}"
                        f".{int(stamp * 1000) % 1000:03d}")
     return out
+
+
+def _flags_first(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides): flags go first, as Hydra's parser takes overrides in one run."""
+    from segtrain.config_check import HYDRA_FLAGS_WITH_VALUE
+
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("-"):
+            flags.append(item)
+            if item in HYDRA_FLAGS_WITH_VALUE and i + 1 < len(argv):
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            overrides.append(item)
+        i += 1
+    return flags, overrides
+
+
+def _check_choices_exist(choices: dict[str, str], given: set[str], flags: list[str]) -> None:
+    """A run made with ``--config-dir DIR`` (a loss of one's own) is resumed with it: one line if it is missing."""
+    from segtrain.cli import config_dir
+    from segtrain.config_check import _config_dirs, _options
+
+    folders = _config_dirs(flags, config_dir())[0]
+    for group, choice in choices.items():
+        options = _options(folders, group)
+        if group not in given and options and choice not in options:
+            raise ConfigError(f"resume: the run used {group}={choice}, which is not among the configs here; resume with "
+                              f"the --config-dir the run was started with (segtrain --config-dir DIR resume=...)")
 
 
 def discard_launch_record() -> None:

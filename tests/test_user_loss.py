@@ -97,6 +97,12 @@ def test_a_loss_from_a_folder_outside_the_package_trains(tmp_path, cache_dir, us
     assert [v.value for v in scalars["loss/beta"]] == [3.0]  # its epoch hook is logged like boundary's alpha
     assert "val/dice" in scalars
     assert OmegaConf.load(run / ".hydra" / "config.yaml").loss.beta == 3.0
+    # resumed with the folder it was started with (anywhere on the command line); without it, one line
+    resumed = run_cli([f"resume={run}", "--config-dir", str(user_dir), "trainer.max_epochs=2"], tmp_path, cache_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [v.value for v in read_scalars(run)["loss/beta"]] == [3.0, 3.0]
+    refused = run_cli([f"resume={run}", "trainer.max_epochs=3"], tmp_path, cache_dir)
+    assert refused.returncode == 2 and "resume: the run used loss=f2" in refused.stderr and "--config-dir" in refused.stderr
 
 
 def test_the_config_builds_the_users_class_with_its_checks(user_dir, monkeypatch):
