@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segtrain.errors import ConfigError, SegtrainError
 
@@ -82,6 +82,9 @@ def build_trainer(cfg: DictConfig):
     from segtrain.checkpoints import SafeCheckpointIO
 
     trainer_cfg = cfg.trainer
+    if "_target_" not in trainer_cfg:  # the config of a run made before the trainer had a _target_ (a resume)
+        with open_dict(trainer_cfg):
+            trainer_cfg._target_ = "lightning.pytorch.Trainer"
     try:
         callbacks = [*instantiate_all(cfg.get("callbacks")), *instantiate_all(trainer_cfg.get("callbacks")),
                      NonFiniteGuard(**OmegaConf.to_container(cfg.get("guard") or {}, resolve=True))]

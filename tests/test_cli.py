@@ -52,6 +52,25 @@ def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, cache_
     assert read_scalars(second)["hp/best_val_dice"][-1].value == pytest.approx(max(both), abs=1e-6)
 
 
+def test_a_run_of_the_previous_version_resumes(tmp_path, cache_dir):
+    """Checkpoints written before the trainer config had a ``_target_`` (and the callbacks their factories) resume."""
+    import torch
+
+    run = tmp_path / "run"
+    ok(run_cli([*TINY_2D, f"hydra.run.dir={run}"], tmp_path, cache_dir))
+    last = run / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    for key in ("config", "config_source"):  # as the previous version stored them
+        stored = checkpoint["segtrain"][key]
+        del stored["trainer"]["_target_"]
+        stored["callbacks"]["model_checkpoint"] = {k: v for k, v in stored["callbacks"]["model_checkpoint"].items() if k != "enabled"}
+        stored["callbacks"]["model_checkpoint"]["_target_"] = "segtrain.callbacks.checkpoint.RunCheckpoint"
+        stored.pop("checks")
+    torch.save(checkpoint, last)
+    proc = ok(run_cli([f"resume={run}", "trainer.max_epochs=2"], tmp_path, cache_dir))
+    assert "finished 2 epoch(s)" in proc.stdout
+
+
 def test_2d_run(tmp_path, cache_dir):
     run = tmp_path / "run"
     ok(run_cli([*TINY_2D, f"hydra.run.dir={run}"], tmp_path, cache_dir))
