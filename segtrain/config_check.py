@@ -23,33 +23,38 @@ HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-path", "-cp", "--conf
 HYDRA_FLAGS_WITH_WORD = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--shell-completion", "-sc")  # job, hydra, ...
 
 
-def _config_dirs(argv: list[str], primary: str) -> tuple[list[Path], list[str]]:
-    """(search folders, the overrides of the command line): ``--config-dir DIR`` adds a folder."""
-    folders, overrides, i = [Path(primary)], [], 0
+def split_command_line(argv: list[str], primary: str) -> tuple[list[str], list[str], list[Path]]:
+    """(Hydra's flags with their values, the overrides, the config search folders) of a command line.
+
+    ``--config-dir DIR`` (or ``--config-dir=DIR``, ``-cd DIR``) adds ``DIR`` before ``primary``.
+    """
+    flags, overrides, folders, i = [], [], [Path(primary)], 0
     while i < len(argv):
         item = argv[i]
         name, _, inline = item.partition("=") if item.startswith("--") else (item, "", "")
         if name in HYDRA_FLAGS_WITH_VALUE:
             value = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+            flags += argv[i:i + (1 if inline else 2)]
             i += 1 if inline else 2
             if name in ("--config-dir", "-cd") and value:
                 folders.insert(0, Path(value).expanduser())
             continue
         if name in HYDRA_FLAGS_WITH_WORD and i + 1 < len(argv) and "=" not in argv[i + 1] and not argv[i + 1].startswith("-"):
-            i += 2  # --cfg job, --info defaults, ...
+            flags += argv[i:i + 2]  # --cfg job, --info defaults, ...
+            i += 2
             continue
-        if not item.startswith("-"):
-            overrides.append(item)
+        (flags if item.startswith("-") else overrides).append(item)
         i += 1
-    return folders, overrides
+    return flags, overrides, folders
 
 
 def user_config_dirs(argv: list[str]) -> list[Path]:
     """The ``--config-dir`` folders of a command line, absolute."""
-    return [folder.absolute() for folder in _config_dirs(argv, ".")[0][:-1]]
+    return [folder.absolute() for folder in split_command_line(argv, ".")[2][:-1]]
 
 
-def _options(folders: list[Path], group: str) -> list[str]:
+def config_options(folders: list[Path], group: str) -> list[str]:
+    """The options of a config group (``loss`` → dice, tversky, ...) in the search folders."""
     found = set()
     for folder in folders:
         if (folder / group).is_dir():
@@ -81,21 +86,21 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str = "tra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    folders, items = _config_dirs(argv, config_dir)
+    _, items, folders = split_command_line(argv, config_dir)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides=items)
     except HydraException as err:
         raise ConfigError(f"cannot read the command line: {' '.join(str(err).split())[:200]}") from None
     for override in parsed:
         group = override.key_or_group
-        if group.startswith("hydra") or not _options(folders, group) or override.is_delete():
+        if group.startswith("hydra") or not config_options(folders, group) or override.is_delete():
             continue  # a key, or Hydra's own settings
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         values = [v for value in values for v in (value if isinstance(value, list) else [value])]  # debug=[tiny,checks]
         for value in values:
-            if value is None or str(value) in _options(folders, group):
+            if value is None or str(value) in config_options(folders, group):
                 continue
-            options = _options(folders, group)
+            options = config_options(folders, group)
             hint = " (segtrain-losses lists them)" if group == "loss" else ""
             raise ConfigError(f"{group}={value}: there is no {group} '{value}'; {_closest(str(value), options)}"
                               f"options: {', '.join(options)}{hint}")

@@ -103,8 +103,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
     checkpoint = read_checkpoint(ckpt_file, key="ckpt_path" if run_dir is None or ckpt else "resume")
     given = {kv[0] for kv in map(_split, argv) if kv}
     choices = checkpoint["segtrain"].get("choices") or {}
-    flags, overrides = _flags_first(argv)
-    _check_choices_exist(choices, given, flags)
+    from segtrain.cli import config_dir
+    from segtrain.config_check import split_command_line
+
+    flags, overrides, folders = split_command_line(argv, config_dir())  # flags first: Hydra takes the overrides in one run
+    _check_choices_exist(choices, given, folders)
     out = flags + [f"{group}={choice}" for group, choice in choices.items() if group not in given]
     out += [a for a in overrides if (_split(a) or ("",))[0] not in ("resume", "resume.dir", "ckpt_path")]
     out.append(f"ckpt_path={_quoted(ckpt_file)}")
@@ -119,32 +122,12 @@ def prepare_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def _flags_first(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra's flags with their values, the overrides): flags go first, as Hydra's parser takes overrides in one run."""
-    from segtrain.config_check import HYDRA_FLAGS_WITH_VALUE
-
-    flags, overrides, i = [], [], 0
-    while i < len(argv):
-        item = argv[i]
-        if item.startswith("-"):
-            flags.append(item)
-            if item in HYDRA_FLAGS_WITH_VALUE and i + 1 < len(argv):
-                flags.append(argv[i + 1])
-                i += 1
-        else:
-            overrides.append(item)
-        i += 1
-    return flags, overrides
-
-
-def _check_choices_exist(choices: dict[str, str], given: set[str], flags: list[str]) -> None:
+def _check_choices_exist(choices: dict[str, str], given: set[str], folders: list[Path]) -> None:
     """A run made with ``--config-dir DIR`` (a loss of one's own) is resumed with it: one line if it is missing."""
-    from segtrain.cli import config_dir
-    from segtrain.config_check import _config_dirs, _options
+    from segtrain.config_check import config_options
 
-    folders = _config_dirs(flags, config_dir())[0]
     for group, choice in choices.items():
-        options = _options(folders, group)
+        options = config_options(folders, group)
         if group not in given and options and choice not in options:
             raise ConfigError(f"resume: the run used {group}={choice}, which is not among the configs here; resume with "
                               f"the --config-dir the run was started with (segtrain --config-dir DIR resume=...)")

@@ -179,7 +179,7 @@ def build_loss_from_config(loss_cfg: DictConfig):
         raise ConfigError(" ".join(str(err).split())) from None
 
 
-def check_loss(loss, loss_cfg: DictConfig, spec) -> None:
+def check_loss(loss, spec) -> None:
     """One call of the loss on a tiny batch of the run's shape (classes, dimensions), before the first step.
 
     A loss of one's own that fails on the run's classes, returns no scalar or no gradient is one
@@ -187,13 +187,10 @@ def check_loss(loss, loss_cfg: DictConfig, spec) -> None:
     """
     import torch
 
-    from segtrain.losses.registry import loss_name
-
     generator = torch.Generator().manual_seed(0)
     shape = (2, spec.num_classes, *([8] * spec.spatial_dims))
     logits = torch.randn(shape, generator=generator, requires_grad=True)
     target = torch.randint(0, max(spec.num_classes, 2), (2, 1, *shape[2:]), generator=generator)
-    name = loss_name(OmegaConf.to_container(loss_cfg, resolve=True))
     try:
         value = loss(logits, target)
         if not (torch.is_tensor(value) and value.ndim == 0 and value.is_floating_point()):
@@ -204,7 +201,7 @@ def check_loss(loss, loss_cfg: DictConfig, spec) -> None:
             raise ValueError("its value has no gradient (detached from the logits)")
         value.backward()
     except Exception as err:  # noqa: BLE001 - anything a user's loss raises becomes one line
-        raise ConfigError(f"loss {name} fails on a ({', '.join(map(str, shape))}) batch of logits and its labels: "
+        raise ConfigError(f"loss {loss.registry_name} fails on a ({', '.join(map(str, shape))}) batch of logits and its labels: "
                           f"{' '.join(str(err).split())[:300]}") from None
 
 
@@ -325,7 +322,6 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     from segtrain.events import event_files, hparam_metric_names, truncate_events
     from segtrain.augment import build_augmentation
     from segtrain.evaluation import ScoreSettings
-    from segtrain.losses.registry import loss_name
     from segtrain.models import fixed_divisor
     from segtrain.resume import resumed_config
 
@@ -348,7 +344,7 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     if checkpoint is not None:
         check_same_cases(cfg, checkpoint, data)
     split = {"train": [c["id"] for c in data.train_cases], "val": [c["id"] for c in data.val_cases]}
-    check_loss(loss, cfg.loss, data.spec)
+    check_loss(loss, data.spec)
     module = build_module(cfg, data.spec, loss, split, overrides)
     resume_dir = OmegaConf.select(cfg, "resume.dir", default=None)
     if checkpoint is not None and resume_dir and Path(resume_dir).resolve() == output_dir.resolve() and trainer.is_global_zero:
@@ -358,7 +354,7 @@ def prepare(cfg: DictConfig, overrides: list[str]):
                 truncate_events(folder, float(state["events_wall_time"]))
     trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
     log.info("model: %s, %s trainable parameters; loss: %s", cfg.model.get("_target_", "?"), f"{trainable:,}",
-             loss_name(OmegaConf.to_container(cfg.loss, resolve=True)))
+             loss.registry_name)
     for logger in trainer.loggers:  # HParams: every parameter, best and final val/dice, val/iou, val/loss
         logger.log_hyperparams(module.hparams["run"], metrics={name: float("nan") for name in hparam_metric_names()})
     return cfg, data, module, trainer

@@ -15,12 +15,10 @@ from typing import Any
 def instantiate_all(entries: Any) -> list:
     """Each ``{_target_: ...}`` of a config group (a mapping of name → entry) or list, instantiated; others skipped."""
     from hydra.utils import instantiate
-    from omegaconf import DictConfig, ListConfig
+    from omegaconf import DictConfig
 
     if not entries:
         return []
     values = entries.values() if isinstance(entries, (dict, DictConfig)) else entries
-    if not isinstance(values, (list, tuple, ListConfig)) and not hasattr(values, "__iter__"):
-        return []
     built = [instantiate(entry) for entry in values if isinstance(entry, (dict, DictConfig)) and "_target_" in entry]
     return [item for item in built if item is not None]  # a factory may build nothing (run_checkpoint, progress)

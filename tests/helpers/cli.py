@@ -98,7 +98,7 @@ def run_cli(args: list[str], cwd: Path, cache_dir: Path, timeout: int = 600, pro
     module, _, function = _entry_points()[name].partition(":")
     entry = getattr(importlib.import_module(module), function)
     out, err = io.StringIO(), io.StringIO()
-    saved = _State.capture()
+    saved = _State()
     code = 0
     try:
         os.environ.clear()
@@ -166,10 +166,6 @@ class _State:
         self.argv = list(sys.argv)
         self.path = list(sys.path)
         self.handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-
-    @classmethod
-    def capture(cls) -> _State:
-        return cls()
 
     def restore(self) -> None:
         from hydra.core.global_hydra import GlobalHydra
