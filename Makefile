@@ -2,19 +2,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The torch build to install first; GPU users override it: make TORCH_SPEC="torch==2.13.0 --index-url ..."
+# Every install takes its versions from the lock (requirements.lock, a pip constraints file; the Dockerfile uses it too).
+LOCK := requirements.lock
+# The torch build to install first (its version is the lock's); GPU users pick their CUDA build:
+#   make TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: venv train test test-fast bench lint docker clean
+.PHONY: venv train test test-fast bench lint lock clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) pip
+	$(BIN)/python -m pip install --quiet -c $(LOCK) $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
 ## Train the default run (synthetic imbalanced 3D data, 3D U-Net, dice_ce). Extra overrides: make train ARGS="loss=tversky"
@@ -35,6 +38,16 @@ bench: venv
 
 lint: venv
 	$(BIN)/hadolint Dockerfile
+
+## Re-resolve every dependency to today's newest allowed versions into requirements.lock (review and commit it)
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet $(TORCH_SPEC)
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev]"
+	.lock-venv/bin/python scripts/lock.py write $(LOCK)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
