@@ -7,6 +7,8 @@ into one line on stderr and a non-zero exit. Heavy imports happen inside the fun
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import sys
 import warnings
@@ -35,6 +37,9 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches .* is smaller than the logging interval.*")
     # A resumed run writes into its own checkpoint folder on purpose.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module=r"lightning")
+    # optuna 2 (hydra-optuna-sweeper's) on SQLAlchemy 1.4: a notice about SQLAlchemy 2.0, which the lock keeps out
+    warnings.filterwarnings("ignore", message=r"Deprecated API features detected", module=r"optuna")
+    os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning:torch.utils._pytree")
 
 
@@ -76,16 +81,30 @@ def _discard_run_folder(output_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    from segtrain.callbacks.sweep import clear_failure
+    from segtrain.resume import resume_in_place
+    from segtrain.errors import ConfigError, RunInterrupted
     from segtrain.train import train
 
     quiet_known_warnings()
     overrides = _typed_overrides if _typed_overrides is not None else list(HydraConfig.get().overrides.task)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     new_folder = _run_folder_is_new(output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if in_sweep:
+        clear_failure(output_dir)
+    # A sweep's run whose folder holds a checkpoint resumes it; so do the DDP workers Lightning starts for it.
+    if in_sweep or os.environ.get("LOCAL_RANK", "0") != "0":
+        point = resume_in_place(cfg, output_dir)
+        if point is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"segtrain: {output_dir} holds {point.relative_to(output_dir)}: resuming that run", file=sys.stderr)
     try:
         metrics = train(cfg, overrides=overrides)
     except SegtrainError as err:
+        if in_sweep and not isinstance(err, RunInterrupted):  # the sweep goes on (segtrain/callbacks/sweep.py)
+            return _failed_in_sweep(output_dir, getattr(err, "exit_code", 2), f"{getattr(err, 'label', 'error')}: {err}")
         if getattr(err, "before_training", False):
             if new_folder:
                 _discard_run_folder(output_dir)
@@ -97,8 +116,35 @@ def _train_app(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         print("segtrain: stopped: Ctrl-C before training started; nothing to save", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - a crash ends a single run with its traceback, one run of a sweep only
+        if not in_sweep:
+            raise
+        logging.getLogger("segtrain").exception("segtrain: the run crashed")
+        return _failed_in_sweep(output_dir, 1, f"crash: {type(err).__name__}: {err} (traceback in {output_dir}/train.log)")
     metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+    if not metric:
+        return None
+    if metric not in metrics:
+        error = ConfigError(f"optimized_metric={metric}: this run has no such metric; it has: {', '.join(sorted(metrics))}")
+        if in_sweep:
+            return _failed_in_sweep(output_dir, 2, f"error: {error}")
+        fail(error)
+    value = float(metrics[metric])
+    if in_sweep and not math.isfinite(value):  # Optuna ends a sweep on a NaN; no value is a failed trial
+        logging.getLogger("segtrain").warning("segtrain: optimized_metric %s is %s: the sweeper records no value", metric, value)
+        return None
+    return value
+
+
+def _failed_in_sweep(output_dir: Path, exit_code: int, line: str) -> None:
+    """One run of a sweep failed: its line now, ``failed.txt`` for the end of the sweep, no value for the sweeper
+    (Optuna records a failed trial; a NaN would end its sweep)."""
+    from segtrain.callbacks.sweep import record_failure
+
+    if os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0":
+        print(f"segtrain: {line}", file=sys.stderr)
+        record_failure(output_dir, exit_code, line)
+    return None
 
 
 def check_output_folder(argv: list[str]) -> None:
@@ -107,6 +153,7 @@ def check_output_folder(argv: list[str]) -> None:
     - It cannot be created: the test creates and removes a temporary folder in the deepest existing
       ancestor, so it catches read-only filesystems, missing permissions and files in the way alike.
     - It holds another run's checkpoints and this is not a resume of it: a new run would overwrite them.
+      (A sweep folder may be given again: each of its runs with a checkpoint resumes, see ``resume_in_place``.)
     """
     import tempfile
 
@@ -132,9 +179,8 @@ def check_output_folder(argv: list[str]) -> None:
         raise ConfigError(f"{key}={target}: cannot create the run folder there ({reason}); choose a writable folder, "
                           "e.g. hydra.run.dir=$HOME/segtrain-runs/NAME") from None
     resuming = values.get("resume.dir") not in (None, "", "null")
-    if key in ("hydra.run.dir", "hydra.sweep.dir") and not resuming and path.is_dir():
-        pattern = "checkpoints/*.ckpt" if key == "hydra.run.dir" else "*/checkpoints/*.ckpt"
-        found = sorted(path.glob(pattern))
+    if key == "hydra.run.dir" and not resuming and path.is_dir():
+        found = sorted(path.glob("checkpoints/*.ckpt"))
         if found:
             raise ConfigError(f"{key}={target} already holds a run ({found[0].relative_to(path)}); a new run there would "
                               f"overwrite it: resume it with segtrain resume={found[0].parent.parent}, or choose another folder")

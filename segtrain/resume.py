@@ -37,13 +37,29 @@ LEARNED = ("loss", "model", "optim", "data", "seed")
 # data.* keys that say where and how the data is read, not what is learned from it
 DATA_RUNTIME = ("root", "num_workers", "pin_memory", "cache", "cache_rate", "cache_dir", "preflight_cache",
                 "preflight_workers", "max_epochs")
-RUNTIME = ("paths", "ckpt_path", "resume")  # always from this launch
+RUNTIME = ("paths", "ckpt_path", "resume", "slurm")  # always from this launch
 
 
 def newest_resume_point(run_dir: Path) -> Path | None:
     """The most recently written of the run's resume points (``RESUME_POINTS``); None when there is none."""
     found = [path for pattern in RESUME_POINTS for path in run_dir.glob(pattern) if path.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def resume_in_place(cfg: DictConfig, output_dir: Path) -> Path | None:
+    """A run of a sweep whose folder already holds a resume point continues from it (returned): a SLURM job
+    requeued after a preemption, or a sweep run again with its own ``hydra.sweep.dir``. None: a new run."""
+    from omegaconf import open_dict
+
+    if cfg.get("ckpt_path"):
+        return None
+    point = newest_resume_point(output_dir)
+    if point is None:
+        return None
+    with open_dict(cfg):
+        cfg.ckpt_path = str(point)
+        cfg.resume = {**(OmegaConf.to_container(cfg.get("resume") or {})), "dir": str(output_dir)}
+    return point
 
 
 def _split(item: str) -> tuple[str, str] | None:

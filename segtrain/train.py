@@ -17,7 +17,15 @@ log = logging.getLogger("segtrain")
 # Lightning's info lines that a segtrain run replaces or that say nothing actionable
 LIGHTNING_NOISE = ("💡", "`Trainer.fit` stopped", "Loading `train_dataloader` to estimate", "TPU available",
                    "HPU available", "Restored all states from the checkpoint", "Restoring states from the checkpoint path",
-                   "Loaded model weights from the checkpoint")
+                   "Loaded model weights from the checkpoint",
+                   "SLURM auto-requeueing enabled")  # segtrain's GracefulStop handles the signals (requeue included)
+
+
+class _LightningNoise(logging.Filter):
+    """Drops Lightning's lines in ``LIGHTNING_NOISE`` (added once per logger, however many runs a process makes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_NOISE)
 
 
 def _rank() -> int:
@@ -89,7 +97,8 @@ def build_trainer(cfg: DictConfig):
         callbacks = [*instantiate_all(cfg.get("callbacks")), *instantiate_all(trainer_cfg.get("callbacks")),
                      NonFiniteGuard(**OmegaConf.to_container(cfg.get("guard") or {}, resolve=True))]
         if trainer_cfg.get("enable_checkpointing") is not False:  # without checkpoints, signals still exit non-zero
-            callbacks.append(GracefulStop(Path(cfg.paths.output_dir) / "checkpoints"))
+            callbacks.append(GracefulStop(Path(cfg.paths.output_dir) / "checkpoints",
+                                          requeue_on=list(OmegaConf.select(cfg, "slurm.requeue_on", default=None) or [])))
         loggers = instantiate_all(cfg.get("logger")) if trainer_cfg.get("logger") is not False else []
         plugins = trainer_cfg.get("plugins") or []
         plugins = instantiate_all(plugins if OmegaConf.is_list(plugins) else [plugins])
@@ -289,8 +298,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
     # ...and drops Lightning's lines that tell a segtrain user nothing actionable (segtrain says it better).
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith(LIGHTNING_NOISE))
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.signal_connector"):
+        noisy = logging.getLogger(name)
+        if not any(isinstance(f, _LightningNoise) for f in noisy.filters):
+            noisy.addFilter(_LightningNoise())
     if _rank() != 0:  # DDP workers: what rank 0 prints (dataset report, preflight) is said once
         logging.getLogger("segtrain").setLevel(logging.WARNING)
     from segtrain.losses.inputs import label_range_checks

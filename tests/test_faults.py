@@ -290,3 +290,52 @@ def test_without_checkpointing_the_run_still_trains(tmp_path, cache_dir):
     proc = ok(run_cli([*FAULT_2D, "trainer.max_epochs=1", "trainer.enable_checkpointing=false", f"hydra.run.dir={run}"],
                       tmp_path, cache_dir))
     assert "finished 1 epoch(s)" in proc.stdout and not (run / "checkpoints").exists()
+
+
+# -- SLURM: a stop requeues the job ------------------------------------------------------------------------------
+SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "segtrain",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+# trainer=slurm as on a node, scaled to one CPU process (still DDP, with SLURM's ranks and address)
+SLURM_ONE_CPU = ["trainer=slurm", "trainer.num_nodes=1", "trainer.devices=1", "trainer.accelerator=cpu",
+                 "trainer.precision=32-true", "trainer.sync_batchnorm=false"]
+
+
+def fake_slurm(tmp_path: Path) -> tuple[dict, Path, str]:
+    """SLURM's job environment, an ``scontrol`` on PATH that records its arguments in the returned file, the job id
+    (Lightning takes the DDP port from it: one per test, so that tests in parallel do not share one)."""
+    import random
+
+    job = str(random.randint(100000, 999999))
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls.txt"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    scontrol.chmod(0o755)
+    return {**SLURM_ENV, "SLURM_JOB_ID": job, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, calls, job
+
+
+@pytest.mark.parametrize("signum, requeue_on", [(signal.SIGUSR1, None), (signal.SIGTERM, None), (signal.SIGUSR2, None),
+                                                (signal.SIGTERM, "[SIGUSR1]")])
+def test_slurm_signal_saves_a_checkpoint_and_requeues_the_job(tmp_path, cache_dir, signum, requeue_on):
+    """Under trainer=slurm a SIGUSR1 (--signal=USR1@90), SIGUSR2 (submitit) or SIGTERM (preemption) writes
+    interrupted.ckpt at a clean point, then rank 0 runs `scontrol requeue <job>`; the run resumes from it."""
+    env, calls, job = fake_slurm(tmp_path)
+    run = tmp_path / "run"
+    extra = [f"slurm.requeue_on={requeue_on}"] if requeue_on else []
+    proc = subprocess.Popen([SEGTRAIN, *FAULT_2D, *SLURM_ONE_CPU, *extra, f"hydra.run.dir={run}"], cwd=tmp_path,
+                            env={**os.environ, "SEGTRAIN_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "ignore", **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = signal_after_first_epoch(proc, signum, delay=0.2)
+    line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), 128 + signum,
+                          label="stopped")
+    checkpoint = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert 8 <= checkpoint["global_step"] < STEPS
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))  # Lightning's mid-step save is replaced by the clean point
+    if requeue_on:  # SIGTERM not listed: saved, not requeued
+        assert not calls.exists() and f"Resume with: segtrain resume={run}" in line
+        return
+    assert calls.read_text().split() == ["requeue", job]
+    assert f"SLURM job {job} requeued" in line
+    resumed = ok(run_process([f"resume={run}"], tmp_path, cache_dir, env=env))  # the requeued job script's command
+    assert f"finished 3 epoch(s), {STEPS} steps" in resumed.stdout, resumed.stdout[-1500:]
+    assert_each_step_once(run)

@@ -10,12 +10,17 @@ Ctrl-C. ``GracefulStop`` turns each into the same sequence:
    so its metrics and ``best.ckpt`` stay whole);
 3. when the next training step would start (after Lightning has logged the last one, so the
    event files hold every step up to the checkpoint), it raises ``RunInterrupted``: the CLI prints
-   how to resume and exits with 128 + the signal number (143 SIGTERM, 138 SIGUSR1, 130 SIGINT), so
+   how to resume and exits with 128 + the signal number (143 SIGTERM, 138 SIGUSR1, 140 SIGUSR2, 130 SIGINT), so
    job scripts see the run did not finish. A signal during the last epoch's last validation lets
    the run finish (exit 0).
 
-Under SLURM with Lightning's ``SLURMEnvironment(auto_requeue=True)`` (``trainer=slurm``), the
-requeue signal stays with Lightning, which saves its own checkpoint and requeues the job.
+In a SLURM job (Lightning's ``SLURMEnvironment`` with ``auto_requeue``, its default there and
+``trainer=slurm``'s), a stop by a signal of ``slurm.requeue_on`` (SIGUSR1 from ``--signal=USR1@90``,
+SIGUSR2 from submitit's launcher, SIGTERM from preemption or the time limit) also asks SLURM to
+requeue the job (``scontrol requeue <job id>``, rank 0, after the checkpoint is written): the job
+starts again and resumes (``segtrain resume=<run dir>`` in a job script; a sweep's job resumes by
+itself). Lightning's own handler (an ``hpc_ckpt_<n>.ckpt`` written inside the signal handler, in the
+middle of a step) is replaced, so every stop goes through the same clean point.
 
 A crash (any other exception) between two training steps also writes ``interrupted.ckpt`` (its
 state is as clean as a signal's); a crash inside a step or a validation writes nothing, and the
@@ -26,7 +31,10 @@ all-reduce per step; the signal is forwarded to the worker processes Lightning s
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -34,22 +42,28 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from segtrain.callbacks.checkpoint import save_resume_point
-from segtrain.errors import RunInterrupted, SegtrainError
+from segtrain.errors import ConfigError, RunInterrupted, SegtrainError
 
 log = logging.getLogger("segtrain")
 
-SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None), signal.SIGINT) if s)
+SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None),
+                            getattr(signal, "SIGUSR2", None), signal.SIGINT) if s)
 
 
 class GracefulStop(Checkpoint):
-    """Stops on SIGTERM, SIGUSR1 or Ctrl-C after writing ``<dirpath>/<filename>.ckpt`` (see the module docstring).
+    """Stops on SIGTERM, SIGUSR1, SIGUSR2 or Ctrl-C after writing ``<dirpath>/<filename>.ckpt`` (see the module docstring).
 
     A ``Checkpoint`` so that Lightning runs its hooks after ``RunCheckpoint``'s: a stop at the end of
     validation comes after ``best.ckpt`` and ``last.ckpt`` of that validation are written.
     """
 
-    def __init__(self, dirpath: str | Path, filename: str = "interrupted"):
+    def __init__(self, dirpath: str | Path, filename: str = "interrupted", requeue_on: list[str | int] | tuple = ()):
         self.path = Path(dirpath) / f"{filename}.ckpt"
+        unknown = [s for s in requeue_on if isinstance(s, str) and not isinstance(getattr(signal, s, None), signal.Signals)]
+        if unknown:
+            raise ConfigError(f"slurm.requeue_on: unknown signal {unknown[0]}; use names such as SIGUSR1, SIGUSR2, SIGTERM")
+        self.requeue_on = {int(getattr(signal, s) if isinstance(s, str) else s) for s in requeue_on}
+        self._requeued: str | None = None
         self.requested: int | None = None
         self.hard_stop = False
         self._previous: dict[int, object] = {}
@@ -65,10 +79,7 @@ class GracefulStop(Checkpoint):
         if threading.current_thread() is not threading.main_thread():
             return
         self._trainer = trainer
-        requeue = _slurm_requeue_signal(trainer)
         for signum in SIGNALS:
-            if signum == requeue:
-                continue
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
 
@@ -107,13 +118,18 @@ class GracefulStop(Checkpoint):
         self._restore_handlers()
         save_resume_point(trainer, self.path)
         self._saved = (signum, trainer.current_epoch, trainer.global_step)
+        self._requeued = None
+        if signum in self.requeue_on and _slurm_requeues(trainer) and trainer.is_global_zero:
+            self._requeued = request_requeue()
 
     # -- clean points ---------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self._saved is not None:
             signum, epoch, step = self._saved
-            raise RunInterrupted(f"{signal.Signals(signum).name} at epoch {epoch}, step {step}; saved {self.path}. "
-                                 f"Resume with: segtrain resume={self.path.parent.parent}", signum)
+            then = (f"SLURM job {self._requeued} requeued: it resumes when it starts again" if self._requeued else
+                    f"Resume with: segtrain resume={self.path.parent.parent}")
+            raise RunInterrupted(f"{signal.Signals(signum).name} at epoch {epoch}, step {step}; saved {self.path}. {then}",
+                                 signum)
         self._in_step = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -158,11 +174,36 @@ class GracefulStop(Checkpoint):
         return {}
 
 
-def _slurm_requeue_signal(trainer) -> int | None:
+def _slurm_requeues(trainer) -> bool:
+    """The run is a SLURM job that may requeue itself (Lightning's ``SLURMEnvironment(auto_requeue=True)``)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     environment = getattr(trainer.strategy, "cluster_environment", None) or getattr(
         getattr(trainer, "_accelerator_connector", None), "cluster_environment", None)
-    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
-        return environment.requeue_signal
-    return None
+    return isinstance(environment, SLURMEnvironment) and bool(environment.auto_requeue)
+
+
+def slurm_job_id() -> str | None:
+    """The job to requeue: ``<array job>_<task>`` in a job array, else ``SLURM_JOB_ID``."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return job if job and re.fullmatch(r"[0-9_]+", job) else None
+
+
+def request_requeue() -> str | None:
+    """``scontrol requeue <job>``: the job id when SLURM took the request, else None (logged)."""
+    job = slurm_job_id()
+    if job is None:
+        log.warning("segtrain: no SLURM job id in the environment; the job is not requeued")
+        return None
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("segtrain: scontrol requeue %s failed (%s); resume by hand: segtrain resume=<run dir>", job, err)
+        return None
+    if result.returncode != 0:
+        log.warning("segtrain: scontrol requeue %s failed (exit %d: %s); resume by hand: segtrain resume=<run dir>",
+                    job, result.returncode, (result.stderr or result.stdout).strip()[:200])
+        return None
+    log.warning("segtrain: requeued SLURM job %s (scontrol requeue)", job)
+    return job

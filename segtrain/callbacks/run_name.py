@@ -14,6 +14,7 @@ Hydra's ``override_dirname`` (``key=value`` joined by ``,``, group choices and l
 ``. = , + ~ @ % - _`` replaced by ``_`` (no spaces, braces, quotes or slashes: ``data.label_mapping={255: 1}``
 gives ``data.label_mapping=_255_1``) and names longer than ``MAX_LENGTH`` shortened (whole items
 dropped, replaced by ``+N~<hash>``), so that any command line gives a safe directory name.
+Floats are written with 4 significant digits (an Optuna trial's ``optim.optimizer.lr=0.002911``).
 ``hydra.run.dir=DIR`` still puts everything in ``DIR``.
 """
 
@@ -76,6 +77,15 @@ def dataset_name(overrides: list, choices: dict) -> str:
     return safe_name(str(choices.get("data") or ""))
 
 
+def _line(override: Any) -> str:
+    """``key=value`` as typed, with floats to 4 significant digits (Optuna's ``loss.alpha=0.39963209507789``
+    names a run ``loss.alpha=0.3996``; the exact value is in the run's config)."""
+    value = None if override.is_sweep_override() else override.value()
+    if isinstance(value, float):
+        return f"{override.key_or_group}={value:.4g}"
+    return override.input_line
+
+
 def run_name() -> str:
     """The current job's name: its dataset, then its overrides (``Task03_Liver_loss=tversky,loss.alpha=0.3``)."""
     from hydra.core.hydra_config import HydraConfig
@@ -93,7 +103,7 @@ def run_name() -> str:
     if hc.mode == RunMode.MULTIRUN and _swept_keys:
         swept = [o for o in keep if o.key_or_group in _swept_keys]
         keep = swept or keep
-    name = join_overrides([(o.key_or_group, o.input_line) for o in keep], MAX_LENGTH - len(dataset) - 1)
+    name = join_overrides([(o.key_or_group, _line(o)) for o in keep], MAX_LENGTH - len(dataset) - 1)
     return "_".join(part for part in (dataset, name) if part)
 
 
