@@ -187,6 +187,8 @@ def _touched(overrides: list[str], groups: set[str], cfg: DictConfig) -> set[str
 
 def _learned(path: str) -> bool:
     head, _, rest = path.partition(".")
+    if head == "model" and rest.split(".")[0] in ("compile", "channels_last"):
+        return False  # how the network runs (segtrain.models.apply_speed_knobs), not what it learns
     if head != "data":
         return head in LEARNED
     return not rest or rest.split(".")[0] not in DATA_RUNTIME

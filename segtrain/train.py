@@ -148,12 +148,12 @@ def plan_params(spec) -> dict[str, str]:
 
 
 def build_module(cfg: DictConfig, spec, loss, split: dict[str, list[str]] | None = None,
-                 overrides: list[str] | None = None):
-    from segtrain.models import build_model, check_patch_size
+                 overrides: list[str] | None = None, single_cpu_process: bool = False):
+    from segtrain.models import apply_speed_knobs, build_model, check_patch_size
     from segtrain.module import SegmentationModule
 
     check_patch_size(cfg.model, spec)
-    net = build_model(cfg.model, spec)
+    net = apply_speed_knobs(build_model(cfg.model, spec), cfg.model, spec.spatial_dims, single_cpu_process)
     optimizer, scheduler, interval = build_optim(cfg.optim)
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     inference["roi_size"] = inference.get("roi_size") or list(spec.patch_size)
@@ -356,7 +356,10 @@ def prepare(cfg: DictConfig, overrides: list[str]):
         check_same_cases(cfg, checkpoint, data)
     split = {"train": [c["id"] for c in data.train_cases], "val": [c["id"] for c in data.val_cases]}
     check_loss(loss, data.spec)
-    module = build_module(cfg, data.spec, loss, split, overrides)
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    single_cpu_process = isinstance(trainer.accelerator, CPUAccelerator) and trainer.world_size == 1
+    module = build_module(cfg, data.spec, loss, split, overrides, single_cpu_process=single_cpu_process)
     resume_dir = OmegaConf.select(cfg, "resume.dir", default=None)
     if checkpoint is not None and resume_dir and Path(resume_dir).resolve() == output_dir.resolve() and trainer.is_global_zero:
         state = checkpoint.get("segtrain_state", {})
