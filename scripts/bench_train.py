@@ -46,8 +46,13 @@ def main() -> None:
     total = args.warmup + args.steps
 
     # Bare loop: the same module's network, loss and optimizer, no Lightning.
-    module = build_module(cfg, data.spec, loss)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU when there is one, as the Trainer below
+    precision = str(cfg.trainer.precision)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; precision {precision}")
+    module = build_module(cfg, data.spec, loss).to(device)
     optimizer = module.optimizer_factory(params=module.parameters())
+    scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)
     batches = []
     for batch in data.train_dataloader():
         batches.append(batch)
@@ -60,14 +65,19 @@ def main() -> None:
     times = []
     for i, batch in enumerate(batches):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(cfg.trainer.precision).startswith("bf16")):
-            out = module.net(batch["image"])
-            value = module.loss(out, batch["label"].long())
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = module.net(image)
+            value = module.loss(out, label.long())
         optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        scaler.scale(value).backward()
+        scaler.unscale_(optimizer)
         if cfg.trainer.gradient_clip_val:  # same clipping as the Trainer applies
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.trainer.gradient_clip_val)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
+        if device == "cuda":
+            torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     bare = statistics.median(times)
@@ -116,7 +126,7 @@ def main() -> None:
         module = build_module(cfg, data.spec, build_loss_from_config(cfg.loss))
         module.print_epoch_summary = False
         timer = StepTimer()
-        trainer = Trainer(accelerator="cpu", devices=1, max_steps=total, limit_val_batches=0, logger=False,
+        trainer = Trainer(accelerator=device if device == "cpu" else "gpu", devices=1, max_steps=total, limit_val_batches=0, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           precision=cfg.trainer.precision, callbacks=[timer, *callbacks], num_sanity_val_steps=0,
                           gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps)

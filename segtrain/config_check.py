@@ -81,6 +81,38 @@ def _first_values(overrides: list) -> list[str]:
     return out
 
 
+PLUGIN_GROUPS = ("hydra/sweeper", "hydra/launcher")
+# Hydra plugins of the `sweep` extra: (module, what it is), by the words their options contain
+PLUGINS = {"optuna": ("hydra_plugins.hydra_optuna_sweeper", "the Optuna sweeper (hydra-optuna-sweeper)"),
+           "submitit": ("hydra_plugins.hydra_submitit_launcher", "the SLURM launcher (hydra-submitit-launcher)")}
+PLUGIN_OF_OPTION = {"slurm": "submitit"}  # configs/hydra/launcher/slurm.yaml builds on submitit_slurm
+
+
+def missing_plugin(text: str) -> str | None:
+    """What to install for an option or a Hydra error naming a sweep plugin that is not installed; None if none."""
+    import importlib.util
+
+    for word, (module, what) in PLUGINS.items():
+        if word in text and importlib.util.find_spec(module) is None:
+            return f"needs {what}, which is not installed: pip install 'segtrain[sweep]'"
+    return None
+
+
+def _check_plugin_choice(group: str, value: str, folders: list[Path]) -> None:
+    """``hydra/launcher=slurm``, ``hydra/sweeper=optuna``: the plugin is installed and the option exists."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    problem = missing_plugin(PLUGIN_OF_OPTION.get(value, value))
+    if problem:
+        raise ConfigError(f"{group}={value}: {problem}")
+    Plugins.instance()  # imports the installed plugins, which register their options
+    options = sorted({name.removesuffix(".yaml") for name in ConfigStore.instance().list(group) if name.endswith(".yaml")}
+                     | set(config_options(folders, group)))
+    if value not in options:
+        raise ConfigError(f"{group}={value}: there is no {group} '{value}'; {_closest(value, options)}options: {', '.join(options)}")
+
+
 def check_command_line(argv: list[str], config_dir: str, config_name: str = "train") -> None:
     """Raise ``ConfigError`` (one line) for an unknown config-group option or key on the command line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -93,6 +125,8 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str = "tra
         raise ConfigError(f"cannot read the command line: {' '.join(str(err).split())[:200]}") from None
     for override in parsed:
         group = override.key_or_group
+        if group in PLUGIN_GROUPS and not override.is_sweep_override() and not override.is_delete():
+            _check_plugin_choice(group, str(override.value()), folders)
         if group.startswith("hydra") or not config_options(folders, group) or override.is_delete():
             continue  # a key, or Hydra's own settings
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
@@ -126,9 +160,9 @@ def _check_keys(folders: list[Path], config_dir: str, config_name: str, override
         except ConfigCompositionException as err:
             key = getattr(err.__cause__, "full_key", None)
             if not key:
-                raise ConfigError(" ".join(str(err).split())[:300]) from None
+                raise ConfigError(_composition_error(err, overrides)) from None
         except HydraException as err:
-            raise ConfigError(" ".join(str(err).split())[:300]) from None
+            raise ConfigError(_composition_error(err, overrides)) from None
         groups_only = [o for o in composable if "." not in o.split("=", 1)[0] or o.startswith("hydra.searchpath")]
         base = compose(config_name, overrides=groups_only)
     line = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), key)
@@ -148,3 +182,13 @@ def _check_keys(folders: list[Path], config_dir: str, config_name: str, override
         raise ConfigError(f"{line}: {parent_key} is not a group of settings here, so it has no '{leaf}'")
     listed = f"it has: {', '.join(siblings)}" if siblings else "it has no settings"
     raise ConfigError(f"{line}: {where} has no setting '{leaf}'; {closest}{listed}")
+
+
+def _composition_error(err: Exception, overrides: list[str]) -> str:
+    """One line for a composition error; a preset that needs a sweep plugin that is not installed says so."""
+    text = " ".join(str(err).split())
+    problem = missing_plugin(text) if ("hydra/sweeper" in text or "hydra/launcher" in text) else None
+    if problem:
+        preset = next((o for o in overrides if o.startswith("hparams_search=")), "this command line")
+        return f"{preset}: {problem}"
+    return text[:300]

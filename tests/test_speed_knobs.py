@@ -76,3 +76,24 @@ def test_a_3d_cpu_run_trains_channels_last_and_its_checkpoint_predicts_without_i
                         tmp_path, cache_dir, program="segtrain-predict")
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert list(out.glob("*.nii.gz"))
+
+
+@pytest.mark.slow
+def test_gpu_evidence_script_runs_and_reports_every_loss_finite(tmp_path):
+    """scripts/gpu_evidence.py (what a GPU session runs for docs/benchmarks.md#gpu), at its smoke size on this CPU."""
+    import subprocess
+    import sys
+
+    from helpers.cli import ROOT
+    from segtrain.losses import available_losses
+
+    out = tmp_path / "evidence.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_evidence.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = out.read_text()
+    assert "| 32-true | 16³ | 2 |" in text and "| bf16-mixed | 16³ | 2 |" in text
+    count = 2 * len(available_losses())
+    assert f"{count} of {count} finite" in text
+    assert all(f"| {name} | confident |" in text for name in available_losses())
+    assert text.count("ratio segtrain / bare:") == 2  # bench_train.py ran for each precision

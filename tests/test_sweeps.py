@@ -99,3 +99,38 @@ def test_slurm_launcher_preset_composes_from_the_trainer_settings():
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
     assert cfg.trainer.plugins[0].auto_requeue is True
     assert list(cfg.slurm.requeue_on) == ["SIGUSR1", "SIGUSR2", "SIGTERM"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("hydra/launcher=slrum", "hydra/launcher=slrum: there is no hydra/launcher 'slrum'; did you mean slurm? options: basic, slurm,"),
+    ("hydra/sweeper=optuan", "hydra/sweeper=optuan: there is no hydra/sweeper 'optuan'; did you mean optuna? options: basic, optuna"),
+])
+def test_an_unknown_launcher_or_sweeper_is_one_line(override, expected):
+    from segtrain.cli import config_dir
+    from segtrain.config_check import check_command_line
+    from segtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        check_command_line([override, "debug=tiny"], config_dir())
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_sweep_plugin_that_is_not_installed_says_what_to_install(monkeypatch):
+    """Without the sweep extra: hydra/launcher=slurm, and a preset that selects the Optuna sweeper, are one line."""
+    import importlib.util
+
+    from segtrain import config_check
+    from segtrain.cli import config_dir
+    from segtrain.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("hydra_plugins.hydra_") else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^hydra/launcher=slurm: needs the SLURM launcher \(hydra-submitit-launcher\), "
+                                          r"which is not installed: pip install 'segtrain\[sweep\]'$"):
+        config_check.check_command_line(["hydra/launcher=slurm"], config_dir())
+    # what Hydra says when a preset's `override /hydra/sweeper: optuna` finds no such option
+    error = Exception("In 'hparams_search/optuna_tversky': Could not find 'hydra/sweeper/optuna' Available options: basic")
+    assert config_check._composition_error(error, ["hparams_search=optuna_tversky"]) == (
+        "hparams_search=optuna_tversky: needs the Optuna sweeper (hydra-optuna-sweeper), which is not installed: "
+        "pip install 'segtrain[sweep]'")
