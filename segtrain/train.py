@@ -104,6 +104,8 @@ def build_trainer(cfg: DictConfig):
         plugins = instantiate_all(plugins if OmegaConf.is_list(plugins) else [plugins])
         return instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                            plugins=[*plugins, SafeCheckpointIO()], _convert_="all")
+    except ConfigError:
+        raise  # already one line naming its setting (slurm.requeue_on, guard.*)
     except (ValueError, TypeError, RuntimeError, MisconfigurationException, InstantiationException) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
         raise ConfigError(f"invalid trainer setting: {' '.join(str(cause).split())[:300]}") from None

@@ -339,3 +339,10 @@ def test_slurm_signal_saves_a_checkpoint_and_requeues_the_job(tmp_path, cache_di
     resumed = ok(run_process([f"resume={run}"], tmp_path, cache_dir, env=env))  # the requeued job script's command
     assert f"finished 3 epoch(s), {STEPS} steps" in resumed.stdout, resumed.stdout[-1500:]
     assert_each_step_once(run)
+
+
+def test_an_unknown_requeue_signal_is_one_line_before_preflight(tmp_path, cache_dir):
+    proc = run_cli([*FAULT_2D, "slurm.requeue_on=[SIGUSR1,SIGFOO]", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, cache_dir)
+    line = one_error_line(proc, 2)
+    assert line == "segtrain: error: slurm.requeue_on: unknown signal SIGFOO; use names such as SIGUSR1, SIGUSR2, SIGTERM"
+    assert "preflight" not in proc.stdout and not (tmp_path / "run").exists()

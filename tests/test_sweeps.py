@@ -64,6 +64,9 @@ def test_a_failed_run_does_not_end_the_sweep_and_the_sweep_exits_with_its_code(t
     assert not (good / "failed.txt").exists()
     assert f"segtrain: sweep: 1 of 2 run(s) finished in {sweep}" in proc.stderr
     assert f"segtrain: sweep: failed (exit 3): {diverged.name}: error: non-finite" in proc.stderr
+    from segtrain.compare import run_names
+
+    assert run_names([diverged, good]) == ["optim.optimizer.lr=1e+06 [failed, exit 3]", "optim.optimizer.lr=0.01"]
 
 
 def test_a_sweep_run_again_in_its_folder_resumes_its_runs(tmp_path, cache_dir):
