@@ -45,20 +45,24 @@ def measure(dims: int, patch: int, batch: int, steps: int, warmup: int, device: 
     label = (torch.rand(shape, device=device) > 0.95).long()
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device, enabled=precision == "16-mixed")
-    times = []
-    for _ in range(warmup + steps):
-        start = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            output = net(image)
-        loss = loss_fn(output.float(), label)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = [timed_step(net, loss_fn, optimizer, scaler, image, label, dtype)[0] for _ in range(warmup + steps)]
     return statistics.median(times[warmup:]), times[0]
+
+
+def timed_step(net, loss_fn, optimizer, scaler, image, label, dtype) -> tuple[float, float]:
+    """One training step as Lightning's precision plugins run it (autocast, GradScaler for fp16): (seconds, loss)."""
+    device = image.device.type
+    start = time.perf_counter()
+    with torch.autocast(device_type=device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        output = net(image)
+    loss = loss_fn(output.float(), label)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, float(loss)
 
 
 def main() -> None:

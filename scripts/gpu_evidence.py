@@ -19,13 +19,14 @@ import math
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_speed import timed_step  # noqa: E402 - scripts/bench_speed.py
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
 
@@ -50,19 +51,7 @@ def train_steps(device: str, precision: str, patch: int, batch: int, steps: int,
     label = (torch.rand(batch, 1, patch, patch, patch, device=device) > 0.995).long()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, losses = [], []
-    for _ in range(warmup + steps):
-        start = time.perf_counter()
-        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = loss_fn(net(image), label)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        losses.append(float(loss))
+    times, losses = zip(*(timed_step(net, loss_fn, optimizer, scaler, image, label, dtype) for _ in range(warmup + steps)))
     seconds = statistics.median(times[warmup:])
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else math.nan
     return {"s_per_step": seconds, "steps_per_s": 1 / seconds, "peak_gib": peak,
