@@ -25,6 +25,7 @@ RUN python -m pip install --no-cache-dir -c requirements.lock pip hatchling \
 
 COPY pyproject.toml README.md ./
 COPY segtrain ./segtrain
+COPY hydra_plugins ./hydra_plugins
 COPY configs ./configs
 # Non-editable install with the sweep extra (Optuna, SLURM launcher); the configs ship inside the wheel.
 # --no-build-isolation: the build backend is the locked hatchling installed above.

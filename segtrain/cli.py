@@ -37,6 +37,8 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches .* is smaller than the logging interval.*")
     # A resumed run writes into its own checkpoint folder on purpose.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module=r"lightning")
+    # a NaN loss fed to torchmetrics' mean: the non-finite guard reports it in one line (docs/reliability.md)
+    warnings.filterwarnings("ignore", message=r"Encountered `nan` values in tensor", module=r"torchmetrics")
     # optuna 2 (hydra-optuna-sweeper's) on SQLAlchemy 1.4: a notice about SQLAlchemy 2.0, which the lock keeps out
     warnings.filterwarnings("ignore", message=r"Deprecated API features detected", module=r"optuna")
     os.environ.setdefault("SQLALCHEMY_SILENCE_UBER_WARNING", "1")

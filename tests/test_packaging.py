@@ -25,6 +25,8 @@ def installed(tmp_path_factory) -> Path:
     wheel = next(out.glob("segtrain-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "segtrain/configs/train.yaml" in names and "segtrain/configs/loss/dice_ce.yaml" in names
+    # segtrain's Optuna sweeper, in Hydra's plugin namespace, which must stay a namespace (no __init__.py of its own)
+    assert "hydra_plugins/segtrain_sweeper/__init__.py" in names and "hydra_plugins/__init__.py" not in names
     site = out / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)

@@ -69,6 +69,19 @@ def test_a_failed_run_does_not_end_the_sweep_and_the_sweep_exits_with_its_code(t
     assert run_names([diverged, good]) == ["optim.optimizer.lr=1e+06 [failed, exit 3]", "optim.optimizer.lr=0.01"]
 
 
+def test_an_optuna_study_where_every_trial_fails_ends_with_the_report_not_a_traceback(tmp_path, cache_dir):
+    sweep = tmp_path / "sweep"
+    space = 'hydra.sweeper.params={loss.alpha: "interval(0.1, 0.9)", optim.optimizer.lr: "interval(1e5, 1e6)"}'
+    proc = run_cli(["hparams_search=optuna_tversky", *LEARNING_2D, "trainer.max_epochs=1", "hydra.sweeper.n_trials=2",
+                    space, f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout and "Got 'None'" not in proc.stdout
+    assert "no trial finished, so there is no best trial" in proc.stdout
+    assert f"segtrain: sweep: 0 of 2 run(s) finished in {sweep}" in proc.stderr
+    assert proc.stderr.count("segtrain: sweep: failed (exit 3): ") == 2
+    assert not (sweep / "optimization_results.yaml").exists()
+
+
 def test_a_sweep_run_again_in_its_folder_resumes_its_runs(tmp_path, cache_dir):
     """What a requeued SLURM job of the launcher does: the same job config again, a checkpoint in its folder."""
     sweep = tmp_path / "sweep"
