@@ -150,3 +150,16 @@ def test_a_sweep_plugin_that_is_not_installed_says_what_to_install(monkeypatch):
     assert config_check._composition_error(error, ["hparams_search=optuna_tversky"]) == (
         "hparams_search=optuna_tversky: needs the Optuna sweeper (hydra-optuna-sweeper), which is not installed: "
         "pip install 'segtrain[sweep]'")
+
+
+def test_an_optuna_study_in_a_database_continues_in_the_next_sweep(tmp_path, cache_dir):
+    """hydra.sweeper.storage=sqlite:///...: a killed or finished search goes on (optuna 2 needs SQLAlchemy 1.4: the lock)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for launch in (1, 2):
+        ok(run_cli(["hparams_search=optuna_tversky", *TINY_2D, "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}",
+                    "hydra.sweeper.study_name=liver", f"hydra.sweep.dir={tmp_path / f'sweep{launch}'}"], tmp_path, cache_dir))
+    study = optuna.load_study(study_name="liver", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.trials[0].params != study.trials[1].params
