@@ -19,16 +19,22 @@ import warnings
 import torch
 
 
-def build(dims: int, channels_last: bool, compile_mode: str | None, device: str):
+def build(dims: int, channels_last: bool = False, compile_mode: str | None = None, device: str = "cpu"):
+    """The default U-Net (configs/model/unet.yaml's settings, 4 levels), with the knobs as segtrain applies them."""
     from monai.networks.nets import UNet
+    from omegaconf import OmegaConf
+
+    from segtrain.models import apply_speed_knobs
 
     net = UNet(spatial_dims=dims, in_channels=1, out_channels=2, channels=(16, 32, 64, 128), strides=(2, 2, 2),
                num_res_units=1, norm="instance", act="PRELU").to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last_3d if dims == 3 else torch.channels_last)
-    if compile_mode:
-        net.compile(**({} if compile_mode == "default" else {"mode": compile_mode}))
-    return net
+    knobs = OmegaConf.create({"channels_last": channels_last, "compile": compile_mode or False})
+    return apply_speed_knobs(net, knobs, dims)
+
+
+def autocast_dtype(precision: str):
+    """The autocast dtype of a Lightning precision (None: float32)."""
+    return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
 
 
 def measure(dims: int, patch: int, batch: int, steps: int, warmup: int, device: str, precision: str,
@@ -43,7 +49,7 @@ def measure(dims: int, patch: int, batch: int, steps: int, warmup: int, device: 
     shape = (batch, 1, *([patch] * dims))
     image = torch.randn(shape, device=device)
     label = (torch.rand(shape, device=device) > 0.95).long()
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    dtype = autocast_dtype(precision)
     scaler = torch.amp.GradScaler(device, enabled=precision == "16-mixed")
     times = [timed_step(net, loss_fn, optimizer, scaler, image, label, dtype)[0] for _ in range(warmup + steps)]
     return statistics.median(times[warmup:]), times[0]

@@ -26,23 +26,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_speed import timed_step  # noqa: E402 - scripts/bench_speed.py
+from bench_speed import autocast_dtype, build, timed_step  # noqa: E402 - scripts/bench_speed.py
+
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
-
-
-def autocast_dtype(precision: str):
-    return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
 
 
 def train_steps(device: str, precision: str, patch: int, batch: int, steps: int, warmup: int) -> dict:
     """Seconds per step (median), steps/s and peak memory of the default U-Net with dice_ce."""
-    from monai.networks.nets import UNet
-
     from segtrain.losses import build_loss
 
     torch.manual_seed(0)
-    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-               num_res_units=1, norm="instance", act="PRELU").to(device)
+    net = build(3, device=device)
     loss_fn = build_loss("dice_ce")
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     dtype = autocast_dtype(precision)

@@ -98,9 +98,10 @@ def _train_app(cfg: DictConfig) -> float | None:
     if in_sweep:
         clear_failure(output_dir)
     # A sweep's run whose folder holds a checkpoint resumes it; so do the DDP workers Lightning starts for it.
-    if in_sweep or os.environ.get("LOCAL_RANK", "0") != "0":
+    worker = os.environ.get("LOCAL_RANK", "0") != "0"
+    if in_sweep or worker:
         point = resume_in_place(cfg, output_dir)
-        if point is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+        if point is not None and not worker:
             print(f"segtrain: {output_dir} holds {point.relative_to(output_dir)}: resuming that run", file=sys.stderr)
     try:
         metrics = train(cfg, overrides=overrides)

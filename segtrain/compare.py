@@ -24,7 +24,6 @@ import argparse
 import csv
 import io
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -58,12 +57,15 @@ def _last_per_key(overrides: list[str]) -> list[str]:
 
 def run_names(runs: list[Path]) -> list[str]:
     """Names from the overrides that differ between ``runs`` (all overrides for one run), else directory names."""
+    from segtrain.callbacks.run_name import short_lines
+    from segtrain.callbacks.sweep import read_failure
+
     cleaned = [None if o is None else _last_per_key(o) for o in (run_overrides(r) for r in runs)]
     known = [set(o) for o in cleaned if o is not None]
     shared = set.intersection(*known) if len(known) > 1 else set()
     names = []
     for run, items in zip(runs, cleaned):
-        distinct = [_rounded(x) for x in items if x not in shared] if items is not None else []
+        distinct = short_lines([x for x in items if x not in shared]) if items is not None else []
         names.append(",".join(distinct) if distinct else run.name)
     # Two runs with the same overrides (repeats): tell them apart by directory.
     for name in set(names):
@@ -71,22 +73,11 @@ def run_names(runs: list[Path]) -> list[str]:
         if len(same) > 1:
             for i in same:
                 names[i] = f"{name} ({runs[i].name})" if name != runs[i].name else str(runs[i])
-    from segtrain.callbacks.sweep import FAILED
-
     for i, run in enumerate(runs):  # a run that failed inside a sweep (segtrain/callbacks/sweep.py)
-        failed = run / FAILED
-        if failed.is_file():
-            code = failed.read_text().split("\t", 1)[0].strip()
-            names[i] += f" [failed, exit {code}]"
+        failure = read_failure(run)
+        if failure is not None:
+            names[i] += f" [failed, exit {failure[0]}]"
     return names
-
-
-def _rounded(item: str) -> str:
-    """``optim.optimizer.lr=0.0029106359131330704`` → ``optim.optimizer.lr=0.002911`` (an Optuna trial's value)."""
-    key, sep, value = item.partition("=")
-    if sep and re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)", value):
-        return f"{key}={float(value):.4g}"
-    return item
 
 
 def sort_runs(summaries: list[RunSummary], key: str) -> list[RunSummary]:

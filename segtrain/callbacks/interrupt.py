@@ -118,7 +118,6 @@ class GracefulStop(Checkpoint):
         self._restore_handlers()
         save_resume_point(trainer, self.path)
         self._saved = (signum, trainer.current_epoch, trainer.global_step)
-        self._requeued = None
         if signum in self.requeue_on and _slurm_requeues(trainer) and trainer.is_global_zero:
             self._requeued = request_requeue()
 

@@ -86,6 +86,14 @@ def _line(override: Any) -> str:
     return override.input_line
 
 
+def short_lines(items: list[str]) -> list[str]:
+    """Override texts as run names show them (``_line``); the texts unchanged when Hydra cannot parse them."""
+    try:
+        return [_line(override) for override in _parse(items)]
+    except Exception:  # noqa: BLE001 - naming only
+        return list(items)
+
+
 def run_name() -> str:
     """The current job's name: its dataset, then its overrides (``Task03_Liver_loss=tversky,loss.alpha=0.3``)."""
     from hydra.core.hydra_config import HydraConfig

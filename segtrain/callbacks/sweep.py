@@ -40,13 +40,18 @@ def clear_failure(output_dir: Path) -> None:
     (output_dir / FAILED).unlink(missing_ok=True)
 
 
+def read_failure(run_dir: Path) -> tuple[int, str] | None:
+    """(exit code, error line) of a run that failed inside a sweep; None for any other run."""
+    path = run_dir / FAILED
+    if not path.is_file():
+        return None
+    code, _, line = path.read_text().strip().partition("\t")
+    return (int(code) if code.isdigit() else 1), line
+
+
 def read_failures(sweep_dir: Path) -> list[tuple[str, int, str]]:
     """(run folder name, exit code, error line) of every failed run of a sweep, in folder order."""
-    found = []
-    for path in sorted(sweep_dir.glob(f"*/{FAILED}")):
-        code, _, line = path.read_text().strip().partition("\t")
-        found.append((path.parent.name, int(code) if code.isdigit() else 1, line))
-    return found
+    return [(path.parent.name, *read_failure(path.parent)) for path in sorted(sweep_dir.glob(f"*/{FAILED}"))]
 
 
 def _quiet_optuna() -> None:
