@@ -42,11 +42,12 @@ def main() -> None:
     loss = build_loss_from_config(cfg.loss)
     data = build_datamodule(cfg.data, model_divisor=fixed_divisor(cfg.model, 3), augmentation=build_augmentation(cfg.get("augment")),
                             label_maps=getattr(loss, "label_maps", {}))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU when there is one, as the Trainer below
+    data.use_device(device)  # where batches are augmented (augment.device), data.num_workers=auto, pinned memory
     data.setup("fit")
     total = args.warmup + args.steps
 
     # Bare loop: the same module's network, loss and optimizer, no Lightning.
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU when there is one, as the Trainer below
     precision = str(cfg.trainer.precision)
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}; precision {precision}")
@@ -60,12 +61,13 @@ def main() -> None:
             break
     while len(batches) < total:
         batches += batches[: total - len(batches)]
-    plain = lambda x: x.as_tensor() if hasattr(x, "as_tensor") else x  # noqa: E731
-    batches = [{"image": plain(b["image"]), "label": plain(b["label"])} for b in batches]
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
     times = []
     for i, batch in enumerate(batches):
         start = time.perf_counter()
-        image, label = batch["image"].to(device), batch["label"].to(device)
+        batch = data.on_after_batch_transfer(move_data_to_device(dict(batch), device), 0)  # as Lightning does
+        image, label = batch["image"], batch["label"]
         with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = module.net(image)
             value = module.loss(out, label.long())
@@ -125,12 +127,14 @@ def main() -> None:
     def segtrain_step(*callbacks, loader=None) -> float:
         module = build_module(cfg, data.spec, build_loss_from_config(cfg.loss))
         module.print_epoch_summary = False
+        module.on_after_batch_transfer = data.on_after_batch_transfer  # augmentation on the device, as with the data module
         timer = StepTimer()
         trainer = Trainer(accelerator=device if device == "cpu" else "gpu", devices=1, max_steps=total, limit_val_batches=0, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           precision=cfg.trainer.precision, callbacks=[timer, *callbacks], num_sanity_val_steps=0,
                           gradient_clip_val=cfg.trainer.gradient_clip_val, log_every_n_steps=cfg.trainer.log_every_n_steps)
-        trainer.fit(module, train_dataloaders=loader or torch.utils.data.DataLoader(batches, batch_size=None))
+        trainer.fit(module, train_dataloaders=loader or torch.utils.data.DataLoader(batches, batch_size=None,
+                                                                                    collate_fn=lambda b: dict(b)))
         return statistics.median(timer.times)
 
     from segtrain.callbacks.guard import NonFiniteGuard

@@ -29,11 +29,18 @@ from segtrain.files import atomic_write
 
 
 def nonfinite_tensors(tensors: Iterable[tuple[str, Any]]) -> list[str]:
-    """Names of the floating-point tensors among ``(name, value)`` pairs that hold NaN or Inf."""
-    bad = []
+    """Names of the floating-point tensors among ``(name, value)`` pairs that hold NaN or Inf.
+
+    One host synchronisation per device, whatever the number of tensors (their flags are read together).
+    """
+    by_device: dict[Any, list[tuple[str, torch.Tensor]]] = {}
     for name, value in tensors:
-        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad.append(name)
+        if torch.is_tensor(value) and value.is_floating_point():
+            by_device.setdefault(value.device, []).append((name, value))
+    bad = []
+    for items in by_device.values():
+        finite = torch.stack([torch.isfinite(value).all() for _, value in items]).tolist()
+        bad += [name for (name, _), ok in zip(items, finite) if not ok]
     return bad
 
 

@@ -34,13 +34,19 @@ def class_argmax(logits: Tensor) -> Tensor:
 def confusion_counts(pred: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
     """TP, FP, FN per foreground class (1..C-1) for hard label maps ``pred`` and ``target`` of equal shape.
 
-    torchmetrics' ``multiclass_stat_scores`` (one bincount of the joint index); values outside
-    ``[0, C)`` are not checked here (the labels passed preflight, the predictions are an argmax).
+    Comparisons and sums per class, on the tensors' device and without a host synchronisation (it runs
+    every training step). torchmetrics' ``multiclass_stat_scores`` gives the same counts (the tests
+    check it) but its ``torch.bincount`` reads the largest value back to the host on a GPU.
     """
-    from torchmetrics.functional.classification import multiclass_stat_scores
-
-    stats = multiclass_stat_scores(pred.flatten(), target.flatten(), num_classes, average=None, validate_args=False)
-    return stats[1:, 0], stats[1:, 1], stats[1:, 3]  # columns: tp, fp, tn, fn, support
+    pred, target = pred.reshape(-1), target.reshape(-1)
+    tp, fp, fn = [], [], []
+    for c in range(1, num_classes):
+        predicted, true = pred == c, target == c
+        both = (predicted & true).sum()
+        tp.append(both)
+        fp.append(predicted.sum() - both)
+        fn.append(true.sum() - both)
+    return torch.stack(tp), torch.stack(fp), torch.stack(fn)
 
 
 class OverlapMetrics(Metric):

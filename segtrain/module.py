@@ -61,7 +61,7 @@ class SegmentationModule(LightningModule):
         self.train_metrics = OverlapMetrics(num_classes)
         self.val_metrics = OverlapMetrics(num_classes)
         self.val_loss = MeanMetric()
-        self.train_loss = MeanMetric()
+        self.train_loss = MeanMetric(nan_strategy="disable")  # no NaN check (a host sync) per step: the guard watches
         # configs/evaluation: how the test split (and, every N epochs, val/hd95, val/assd, val/nsd) is scored.
         from segtrain.evaluation import ScoreSettings
 
@@ -77,6 +77,7 @@ class SegmentationModule(LightningModule):
         self.train_metrics.persistent(True)
         self.train_loss.persistent(True)
         self.summarised_epoch = -1  # the last epoch whose train/* values went to the loggers
+        self.step_loss: Tensor | None = None  # the last training step's loss, on the device
         self._auto_schedule: dict[str, int] = {}
         self.print_epoch_summary = True
         self._header_printed = False
@@ -114,7 +115,9 @@ class SegmentationModule(LightningModule):
             pred = class_argmax(main_output(output))
             self.train_metrics.update(pred, label)
             self.train_loss.update(loss.detach())
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=image.shape[0])
+        # Not through self.log(prog_bar=True): Lightning would read it back from the device after every step (a
+        # host sync that keeps a GPU waiting). The progress display reads it at its own interval.
+        self.step_loss = loss.detach()
         self._log_step_loss(loss)
         return loss
 

@@ -71,7 +71,7 @@ def flat_params(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str
     return {**first, **out}
 
 
-def build_trainer(cfg: DictConfig):
+def build_trainer(cfg: DictConfig, started: float | None = None):
     """``instantiate(cfg.trainer, callbacks=..., logger=..., plugins=...)``, as lightning-hydra-template builds it.
 
     The callbacks are every entry of the ``callbacks`` group plus ``trainer.callbacks``, the loggers
@@ -87,6 +87,7 @@ def build_trainer(cfg: DictConfig):
     from segtrain.callbacks import instantiate_all
     from segtrain.callbacks.guard import NonFiniteGuard
     from segtrain.callbacks.interrupt import GracefulStop
+    from segtrain.callbacks.timing import WallClock
     from segtrain.checkpoints import SafeCheckpointIO
 
     trainer_cfg = cfg.trainer
@@ -95,7 +96,7 @@ def build_trainer(cfg: DictConfig):
             trainer_cfg._target_ = "lightning.pytorch.Trainer"
     try:
         callbacks = [*instantiate_all(cfg.get("callbacks")), *instantiate_all(trainer_cfg.get("callbacks")),
-                     NonFiniteGuard(**OmegaConf.to_container(cfg.get("guard") or {}, resolve=True))]
+                     NonFiniteGuard(**OmegaConf.to_container(cfg.get("guard") or {}, resolve=True)), WallClock(started)]
         if trainer_cfg.get("enable_checkpointing") is not False:  # without checkpoints, signals still exit non-zero
             callbacks.append(GracefulStop(Path(cfg.paths.output_dir) / "checkpoints",
                                           requeue_on=list(OmegaConf.select(cfg, "slurm.requeue_on", default=None) or [])))
@@ -109,6 +110,21 @@ def build_trainer(cfg: DictConfig):
     except (ValueError, TypeError, RuntimeError, MisconfigurationException, InstantiationException) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
         raise ConfigError(f"invalid trainer setting: {' '.join(str(cause).split())[:300]}") from None
+
+
+def training_device(trainer, trainer_cfg: DictConfig | None = None) -> str:
+    """``cuda`` or ``cpu``: where the model trains. On a GPU, the speed settings that need no choice are made here:
+    TF32 matrix products (``torch.set_float32_matmul_precision("high")``) and, unless ``trainer.benchmark`` says
+    otherwise, cuDNN's benchmark mode (the training patch and the validation windows have fixed sizes)."""
+    import torch
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    if not isinstance(trainer.accelerator, CUDAAccelerator):
+        return "cpu"
+    torch.set_float32_matmul_precision("high")
+    if trainer_cfg is None or trainer_cfg.get("benchmark") is None:
+        torch.backends.cudnn.benchmark = True
+    return "cuda"
 
 
 def build_optim(optim_cfg: DictConfig):
@@ -311,7 +327,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     # checks.label_range: the per-call label check of the losses (a host sync per call; preflight checked the labels)
     with label_range_checks(bool(OmegaConf.select(cfg, "checks.label_range", default=False))):
         try:
-            cfg, data, module, trainer = prepare(cfg, overrides or [])
+            cfg, data, module, trainer = prepare(cfg, overrides or [], started)
         except SegtrainError as err:
             err.before_training = True
             raise
@@ -321,7 +337,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, floa
     return summarise(trainer, module, Path(cfg.paths.output_dir), time.perf_counter() - started)
 
 
-def prepare(cfg: DictConfig, overrides: list[str]):
+def prepare(cfg: DictConfig, overrides: list[str], started: float | None = None):
     """compose → check → build: (config, data module, module, trainer), cheap checks first, preflight next.
 
     A resume reads its checkpoint first (one line if it is broken), takes the run's config, checks
@@ -350,10 +366,11 @@ def prepare(cfg: DictConfig, overrides: list[str]):
     build_optim(cfg.optim)
     ScoreSettings.from_config(cfg.get("evaluation"))  # evaluation.* checked before preflight, used after training
     augmentation = build_augmentation(cfg.get("augment"))
-    trainer = build_trainer(cfg)  # trainer settings (devices, precision, strategy) checked before preflight
+    trainer = build_trainer(cfg, started)  # trainer settings (devices, precision, strategy) checked before preflight
     # preflight: every case validated before training
     data = build_datamodule(cfg.data, output_dir, label_maps=loss.label_maps, seed=cfg.seed,
                             model_divisor=fixed_divisor(cfg.model, 3), augmentation=augmentation)
+    data.use_device(training_device(trainer, cfg.trainer), trainer.num_devices)
     if checkpoint is not None:
         check_same_cases(cfg, checkpoint, data)
     split = {"train": [c["id"] for c in data.train_cases], "val": [c["id"] for c in data.val_cases]}
@@ -440,6 +457,11 @@ def summarise(trainer, module, output_dir: Path, seconds: float) -> dict[str, fl
             lines.append(f"  test ({module.test_summary.get('cases', 0)} cases): dice {test['test/dice']:.4f} (global), "
                          f"{test['test/dice_per_case']:.4f} (per-case mean), hd95 {test['test/hd95']:.2f}, "
                          f"nsd {test['test/nsd']:.4f}, lesion recall {test['test/lesion_recall']:.3f}")
+        from segtrain.callbacks.timing import WallClock
+
+        clock = next((c for c in trainer.callbacks if isinstance(c, WallClock)), None)
+        if clock is not None:
+            lines.append("  " + clock.line(seconds))
         last = getattr(checkpoint, "last_path", None)
         if checkpoint is not None and last is not None and last.is_file():
             epoch = "" if checkpoint.last_epoch_saved is None else f", epoch {checkpoint.last_epoch_saved}"

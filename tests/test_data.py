@@ -230,14 +230,15 @@ def test_small_cases_are_padded_to_the_patch(tmp_path, cache_dir):
     assert "zero-padded" in (tmp_path / "run" / "dataset_report.txt").read_text()
 
 
-def test_label_maps_hook_is_cropped_with_the_label(tmp_path, cache_dir):
+def test_label_maps_hook_follows_the_label(tmp_path, cache_dir):
+    """Training batches get the maps of their (augmented) labels; validation cases theirs, computed once."""
     root = nnunet_dataset(tmp_path / "ds")
-    maps = {"twice": lambda label, spacing, num_classes=None: 2.0 * label}
-    data = datamodule(root, "augment=none", cache_dir=cache_dir, label_maps=maps)
+    maps = {"twice": lambda label, spacing, num_classes=None: 2.0 * (label.float() if torch.is_tensor(label) else label)}
+    data = datamodule(root, "augment=nnunet", "data.num_workers=0", cache_dir=cache_dir, label_maps=maps)
     data.setup("fit")
-    item = data.train_set[0]
-    assert item["twice"].shape == item["label"].shape == (1, 8, 8, 8)
-    assert torch.equal(item["twice"], 2.0 * item["label"].float())
+    batch = next(iter(data.train_dataloader()))
+    assert batch["twice"].shape == batch["label"].shape == (2, 1, 8, 8, 8)
+    assert torch.equal(batch["twice"], 2.0 * batch["label"].float())
     assert data.val_set[0]["twice"].shape == data.val_set[0]["label"].shape
 
 
@@ -279,7 +280,8 @@ def test_cache_modes_give_the_same_cases(tmp_path, cache_dir, cache):
         data = datamodule(root, f"data.cache={cache}", cache_dir=tmp_path / "cache")
         data.setup("fit")
         assert [data.val_set[i]["image"].shape for i in range(len(data.val_set))] == [(1, 16, 16, 16)]
-        assert [data.train_set[i]["image"].shape for i in range(len(data.train_set))] == [(1, 8, 8, 8)] * 3
+        region = tuple(data.augmentation.crop_size([8, 8, 8]))  # cut larger for rotation and scaling (augment=nnunet)
+        assert [data.train_set[i]["image"].shape for i in range(len(data.train_set))] == [(1, *region)] * 3
     if cache == "disk":
         cached = list((tmp_path / "cache" / "persistent").rglob("*.pt"))
         assert len(cached) == 4

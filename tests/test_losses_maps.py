@@ -122,6 +122,193 @@ def test_the_pipeline_gives_every_case_the_dataset_number_of_channels():
     assert loss.label_maps["signed_distance"](label).shape == (1, 4, 4)  # alone: up to the case's largest label
 
 
+# -- label maps on the training device: the torch functions ----------------------------------------
+# Tolerance against SciPy's exact EDT (float64): absolute 1e-4 × the largest distance of the map, the
+# torch maps being the exact separable EDT in float32. Border weights: absolute w0·1e-5 (the SciPy map
+# drops the term beyond a margin where it is below w0·1e-6) plus a relative 1e-5.
+def blobs(rng, shape, threshold=0.55, smooth=1.5):
+    """A random blobby mask per item, (N, *S) bool."""
+    return ndimage.gaussian_filter(rng.random(shape), (0,) + (smooth,) * (len(shape) - 1)) > threshold
+
+
+def assert_same_partition(ours: np.ndarray, theirs: np.ndarray):
+    """``ours`` (−1 background) and ``theirs`` (scipy.ndimage.label, 0 background) split the voxels alike."""
+    assert ((ours >= 0) == (theirs > 0)).all()
+    pairs = set(zip(ours[theirs > 0].tolist(), theirs[theirs > 0].tolist()))
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
+@pytest.mark.parametrize("shape, spacing", [((3, 19, 23), None), ((3, 16, 21), (0.5, 2.0)),
+                                            ((3, 9, 14, 12), None), ((3, 9, 14, 12), (3.0, 0.7, 0.7))])
+def test_distance_to_equals_scipy(shape, spacing):
+    from segtrain.losses.maps import distance_to
+
+    rng = np.random.default_rng(4)
+    mask = rng.random(shape) > 0.93
+    mask[1] = False  # no True voxel: +inf
+    mask[2] = True  # all True: 0
+    result = distance_to(torch.from_numpy(mask), spacing)
+    assert result.shape == mask.shape and result.dtype == torch.float32
+    assert torch.isinf(result[1]).all() and not result[2].any()
+    expected = ndimage.distance_transform_edt(~mask[0], sampling=spacing)
+    assert expected.max() > 2
+    np.testing.assert_allclose(result[0].numpy(), expected, rtol=0, atol=1e-4 * expected.max())
+
+
+def several_classes(rng, shape):
+    """(B, 1, *S) labels in [0, 4): item 0 random blobs of classes 1–3, item 1 lacks class 2, item 2 is all class 1."""
+    label = np.zeros(shape, dtype=np.int64)
+    for c in (1, 2, 3):
+        label[blobs(rng, shape, 0.58)] = c
+    label[1][label[1] == 2] = 0
+    label[2] = 1
+    return label[:, None]
+
+
+@pytest.mark.parametrize("shape, spacing", [((3, 20, 24), None), ((3, 20, 24), (2.0, 0.5)),
+                                            ((3, 10, 16, 14), None), ((3, 10, 16, 14), (3.0, 0.7, 0.7))])
+def test_signed_distance_equals_the_scipy_maps(shape, spacing):
+    from segtrain.losses.maps import signed_distance
+
+    rng = np.random.default_rng(5)
+    label = several_classes(rng, shape)
+    assert set(np.unique(label[0])) == {0, 1, 2, 3} and 2 not in label[1]
+    result = signed_distance(torch.from_numpy(label), num_classes=5, spacing=spacing)
+    assert result.shape == (shape[0], 4, *shape[1:]) and result.dtype == torch.float32
+    expected = np.stack([SignedDistanceMaps(num_classes=5)(case, spacing=spacing) for case in label])
+    assert not expected[1, 1].any() and not expected[2].any() and not expected[:, 3].any()  # absent, filling
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    # unknown class count: the largest label of the batch + 1 (reads the label: a host synchronisation)
+    assert signed_distance(torch.from_numpy(label)).shape[1] == 3
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 44), (2, 18, 22, 20)])
+def test_connected_components_equal_scipy_label(shape):
+    from segtrain.losses.maps import connected_components
+
+    rng = np.random.default_rng(6)
+    mask = blobs(rng, shape, 0.52, 1.2)
+    mask[-1] = False  # an empty item
+    result = connected_components(torch.from_numpy(mask))
+    assert result.shape == mask.shape and result.dtype == torch.int64
+    counts = []
+    for ours, item in zip(result.numpy(), mask):
+        theirs, count = ndimage.label(item)
+        assert_same_partition(ours, theirs)
+        counts.append(count)
+    assert min(counts[:-1]) >= 5
+    # too few iterations may leave a component split, never merge two
+    for ours, item in zip(connected_components(torch.from_numpy(mask), max_iterations=1).numpy(), mask):
+        theirs = ndimage.label(item)[0]
+        assert len(set(zip(ours[item].tolist(), theirs[item].tolist()))) == len(np.unique(ours[item]))
+
+
+def test_connected_components_of_a_serpentine_up_to_the_bound():
+    from segtrain.losses.maps import connected_components
+
+    mask = np.zeros((2, 20, 20), dtype=bool)
+    for row in range(0, 12, 2):  # arms of 5 voxels joined at alternating ends: 35 voxels <= 20 + 20
+        mask[0, row, :5] = True
+        if row + 2 < 12:
+            mask[0, row + 1, 4 if row % 4 == 0 else 0] = True
+    mask[1, 3:8, 3:8] = mask[1, 12:15, 2:18] = True
+    assert mask[0].sum() <= sum(mask.shape[1:]) and ndimage.label(mask[0])[1] == 1
+    result = connected_components(torch.from_numpy(mask)).numpy()
+    for ours, item in zip(result, mask):
+        assert_same_partition(ours, ndimage.label(item)[0])
+    assert (result[0][mask[0]] == 0).all()  # the id is the smallest flat index of the component
+
+
+@pytest.mark.parametrize("shape, objects", [((2, 16, 18), 0), ((2, 16, 18), 1), ((2, 16, 18), 2),
+                                            ((2, 12, 14, 13), 1), ((2, 12, 14, 13), 2), ((2, 40, 40), "many"),
+                                            ((2, 16, 24, 24), "many")])
+@pytest.mark.parametrize("sigma", [2.0, 5.0])
+def test_border_weight_equals_the_scipy_map(shape, objects, sigma):
+    from segtrain.losses.maps import border_weight
+
+    rng = np.random.default_rng(7)
+    label = np.zeros(shape, dtype=np.int64)
+    if objects == "many":
+        label[blobs(rng, shape, 0.56)] = 1
+        label[label > 0] = rng.integers(1, 3, int((label > 0).sum()))  # two classes, one union
+    else:
+        for k in range(objects):  # boxes 3 voxels apart along the last axis, in both items
+            box = (slice(None),) + (slice(1, 4),) * (len(shape) - 2) + (slice(1 + 6 * k, 4 + 6 * k),)
+            label[box] = k + 1
+    counts = [ndimage.label(item > 0)[1] for item in label]
+    assert counts == [objects] * 2 if objects != "many" else min(counts) >= 5
+    result = border_weight(torch.from_numpy(label)[:, None], 10.0, sigma)
+    assert result.shape == (shape[0], 1, *shape[1:]) and result.dtype == torch.float32
+    expected = np.stack([BorderWeightMap(10.0, sigma)(item[None]) for item in label])
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5, atol=10.0 * 1e-5)
+    assert (expected.max() > 1) == (objects not in (0, 1))
+
+
+def test_torch_maps_make_no_host_synchronisation(monkeypatch):
+    from segtrain.losses.maps import border_weight, connected_components, signed_distance
+
+    rng = np.random.default_rng(8)
+    label = torch.from_numpy(several_classes(rng, (3, 8, 12, 10)))
+    expected = (SignedDistanceMaps(4)(label), BorderWeightMap(10.0, 3.0)(label))
+
+    def sync(*args, **kwargs):
+        raise AssertionError("host synchronisation")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "__bool__", "__float__", "__int__", "tolist", "numpy", "cpu", "nonzero", "unique"):
+            patch.setattr(torch.Tensor, name, sync)
+        for name in ("unique", "nonzero", "masked_select"):
+            patch.setattr(torch, name, sync)
+        with pytest.raises(AssertionError, match="host synchronisation"):
+            bool(label.any())  # the patches bite
+        result = (signed_distance(label, num_classes=4), border_weight(label, 10.0, 3.0))
+        connected_components(label[:, 0] > 0)
+    torch.testing.assert_close(result[0], expected[0], rtol=0, atol=1e-4 * float(expected[0].abs().max()))
+    torch.testing.assert_close(result[1], expected[1], rtol=1e-5, atol=1e-4)
+
+
+def test_the_map_classes_dispatch_on_the_label_type():
+    rng = np.random.default_rng(9)
+    label = several_classes(rng, (3, 10, 12))
+    batch = torch.from_numpy(label).to(torch.uint8)  # any integer dtype
+    for fn, kwargs in [(SignedDistanceMaps(), {"num_classes": 5, "spacing": (2.0, 0.5)}), (SignedDistanceMaps(), {}),
+                       (BorderWeightMap(10.0, 3.0), {})]:
+        cases = [fn(case, **kwargs) for case in label]  # NumPy, one case: NumPy (K, *S)
+        assert all(isinstance(c, np.ndarray) and c.dtype == np.float32 for c in cases)
+        result = fn(batch, **kwargs)  # a CPU tensor batch: SciPy per case, a (B, K, *S) tensor
+        assert torch.is_tensor(result) and result.dtype == torch.float32 and result.device == batch.device
+        channels = max(c.shape[0] for c in cases)  # unknown class count: the batch's largest label
+        expected = np.stack([np.concatenate([c, np.zeros((channels - c.shape[0], *c.shape[1:]), np.float32)]) for c in cases])
+        assert tuple(result.shape) == expected.shape
+        np.testing.assert_array_equal(result.numpy(), expected)
+    with pytest.raises(ValueError, match=r"must be a batch \(B, 1, \*S\)"):
+        SignedDistanceMaps()(torch.zeros(1, 5, 5, dtype=torch.long))
+    # off the CPU the torch functions run; on the meta device (no data at all) nothing can read a value
+    meta = torch.zeros(2, 1, 6, 7, 8, dtype=torch.long, device="meta")
+    for fn, channels in [(SignedDistanceMaps(4), 3), (BorderWeightMap(10.0, 3.0), 1)]:
+        result = fn(meta, (3.0, 0.7, 0.7))
+        assert result.device.type == "meta" and result.dtype == torch.float32 and result.shape == (2, channels, 6, 7, 8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_map_classes_on_a_gpu_stay_on_it_without_synchronisation():
+    rng = np.random.default_rng(10)
+    label = torch.from_numpy(several_classes(rng, (3, 12, 20, 18)))
+    gpu = label.cuda()
+    for fn, kwargs, atol in [(SignedDistanceMaps(), {"num_classes": 4, "spacing": (3.0, 0.7, 0.7)}, None),
+                             (BorderWeightMap(10.0, 4.0), {}, 1e-4)]:
+        expected = fn(label, **kwargs)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            result = fn(gpu, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert result.device == gpu.device and result.dtype == torch.float32
+        atol = atol or 1e-4 * float(expected.abs().max())
+        torch.testing.assert_close(result.cpu(), expected, rtol=1e-5, atol=atol)
+
+
 # -- boundary: the alpha schedule ----------------------------------------------------------------
 def test_boundary_alpha_schedule():
     loss = build_loss("boundary", alpha=1.0, alpha_step=0.25, alpha_min=0.1)

@@ -32,6 +32,10 @@ def test_counts_match_monai_confusion_matrix():
     assert tp.tolist() == summed[:, 0].tolist()
     assert fp.tolist() == summed[:, 1].tolist()
     assert fn.tolist() == summed[:, 3].tolist()
+    from torchmetrics.functional.classification import multiclass_stat_scores
+
+    stats = multiclass_stat_scores(pred.flatten(), target.flatten(), 3, average=None)
+    assert (tp.tolist(), fp.tolist(), fn.tolist()) == (stats[1:, 0].tolist(), stats[1:, 1].tolist(), stats[1:, 3].tolist())
 
 
 def test_epoch_dice_pools_counts_instead_of_averaging_batches():

@@ -15,7 +15,7 @@ from segtrain.events import read_scalars
 pytestmark = pytest.mark.slow
 
 # Runs that learn in a few seconds (val/dice well above 0, so that the value the sweeper gets means something)
-LEARNING_2D = [*TINY_2D, "data.synthetic.num_cases=8", "data.patches_per_epoch=32", "trainer.max_epochs=2"]
+LEARNING_2D = [*TINY_2D, "data.synthetic.num_cases=8", "data.patches_per_epoch=32", "trainer.max_epochs=3"]
 
 
 def ok(proc):

@@ -15,7 +15,7 @@ import sys
 import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, _update_n
 
 log = logging.getLogger("segtrain")
 
@@ -62,19 +62,33 @@ class Progress(TQDMProgressBar):
         else:
             super().print(*args, sep=sep, **kwargs)
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        """The bar's numbers: Lightning's, and the last step's ``train/loss`` (a read from the device: called at intervals)."""
+        items = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "step_loss", None)
+        if loss is not None:
+            items["train/loss"] = f"{float(loss):.4f}"
+        return items
+
     def on_train_epoch_start(self, trainer, *args) -> None:
         super().on_train_epoch_start(trainer, *args)
         self._clock = (time.perf_counter(), trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar = self.train_progress_bar
+        if not self.plain and bar is not None and self._should_update(batch_idx + 1, bar.total):
+            _update_n(bar, batch_idx + 1)
+            # The bar's numbers (train/loss) are read from the device when they are logged anyway, not every
+            # step: reading them is a host synchronisation, which keeps a GPU waiting.
+            if trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0 or batch_idx + 1 == bar.total:
+                bar.set_postfix(self.get_metrics(trainer, pl_module))
         if not (self.plain and self.every_n_steps and trainer.is_global_zero):
             return
         if trainer.global_step % self.every_n_steps:
             return
         started, first_step = self._clock or (time.perf_counter(), trainer.global_step)
         rate = (trainer.global_step - first_step) / max(time.perf_counter() - started, 1e-9)
-        loss = trainer.progress_bar_metrics.get("train/loss")
+        loss = getattr(pl_module, "step_loss", None)
         total = self.total_train_batches
         parts = [f"epoch {trainer.current_epoch}/{trainer.max_epochs - 1}" if trainer.max_epochs and trainer.max_epochs > 0
                  else f"epoch {trainer.current_epoch}",

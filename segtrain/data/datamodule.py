@@ -17,8 +17,8 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 
 from segtrain.files import write_text_atomic
-from segtrain.data.loaders import (EpochSampler, ResumableLoader, _PaddedShards, _Repeat, _ShardSampler, _world,
-                                   collate_patches, resolve_workers, worker_threads)
+from segtrain.data.loaders import (EpochSampler, PrepareBatch, ResumableLoader, TrainCollate, _PaddedShards, _Repeat,
+                                   _ShardSampler, _world, resolve_workers, worker_threads)
 from segtrain.data.options import DataOptions
 from segtrain.data.spec import DataSpec
 from segtrain.data.split import split_cases
@@ -203,6 +203,7 @@ class SegmentationDataModule(LightningDataModule):
         self.test_set = self._test_pipeline = None
         self.augmentation = augmentation
         self.options = options
+        self.training_device = self.augment_device = "cpu"
         self.num_workers = resolve_workers(options.num_workers, augmentation)
         self.batch_size = int(batch_size or options.batch_size or 2)
         self.seed = int(seed or 0)
@@ -214,6 +215,46 @@ class SegmentationDataModule(LightningDataModule):
         self.train_set = self.val_set = None
         self._train_loader: ResumableLoader | None = None
         self._resume_position: dict | None = None
+        self._prepare: PrepareBatch | None = None
+
+    def use_device(self, training_device: str, processes_per_node: int = 1) -> None:
+        """Where the model trains (``cpu`` or ``cuda``) and how many training processes share this node's CPUs:
+        decides where batches are augmented (``augment.device``), ``data.num_workers=auto`` and pinned memory."""
+        from segtrain.data.transforms import default_augmentation
+
+        self.training_device = training_device
+        self.augment_device = (self.augmentation or default_augmentation()).resolve_device(training_device)
+        self.num_workers = resolve_workers(self.options.num_workers, self.augmentation, self.augment_device,
+                                           processes_per_node)
+
+    @property
+    def pin_memory(self) -> bool:
+        """``data.pin_memory``: true, false, or auto (null): pinned when training on a GPU (non-blocking copies)."""
+        value = self.options.pin_memory
+        return self.training_device == "cuda" if value is None or str(value) == "auto" else bool(value)
+
+    def _prepare_batch(self) -> PrepareBatch:
+        from segtrain.augment.batched import BatchAugmenter
+        from segtrain.data.transforms import default_augmentation
+
+        spacing = self.spec.spacing or (self.report.median_spacing() if self.report is not None else None)
+        spacing = spacing if self.spec.spatial_dims == 3 else None
+        augmenter = BatchAugmenter(self.augmentation or default_augmentation(), self.spec.patch_size, spacing)
+        return PrepareBatch(augmenter, self.label_maps, spacing, self.spec.num_classes)
+
+    def augment_batch(self, batch: dict) -> dict:
+        """A collated training batch, augmented and with its label maps, on the device it is on (a GPU after the transfer)."""
+        if self._prepare is None:
+            self._prepare = self._prepare_batch()
+        return self._prepare(batch)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning's hook, after the batch reached the training device: a training batch is augmented there."""
+        from segtrain.augment.params import PARAMS_KEY
+
+        if isinstance(batch, dict) and PARAMS_KEY in batch:
+            return self.augment_batch(batch)
+        return batch
 
     def _items(self, cases: list[dict]) -> list[dict]:
         return [{"image": c["image"] if len(c["image"]) > 1 else c["image"][0], "label": c["label"], "id": c["id"]}
@@ -224,7 +265,7 @@ class SegmentationDataModule(LightningDataModule):
         recipe = {"part": part, "spec": self.spec.to_dict(), "label_mapping": sorted((self.label_mapping or {}).items()),
                   "label_maps": sorted(f"{k}:{getattr(v, '__module__', '')}.{getattr(v, '__qualname__', repr(v))}"
                                        for k, v in self.label_maps.items()),
-                  "root": str(self.dataset_root), "version": 2}
+                  "root": str(self.dataset_root), "version": 3}
         key = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return Path(self.options.cache_dir).expanduser() / "persistent" / key
 
@@ -252,12 +293,11 @@ class SegmentationDataModule(LightningDataModule):
         if self.train_set is not None:
             return
         base = deterministic_transforms(self.options, self.spec, self.label_mapping)
-        extra = list(self.label_maps)
-        train = base + train_cached_transforms(self.spec.patch_size, self.label_maps, self.spec.num_classes)
+        train = base + train_cached_transforms(self.spec.patch_size)
         spacing = self.spec.spacing or (self.report.median_spacing() if self.report is not None else None)
         train += train_random_transforms(self.spec.patch_size, float(self.options.pos_fraction),
                                          self.options.sampling, self.augmentation,
-                                         spacing if self.spec.spatial_dims == 3 else None, extra_keys=extra)
+                                         spacing if self.spec.spatial_dims == 3 else None)
         val = base + ([LabelMapsd(self.label_maps, self.spec.num_classes)] if self.label_maps else [])
         self.train_set = self._dataset(self.train_cases, train, "train")
         self.val_set = self._dataset(self.val_cases, val, "val")
@@ -274,8 +314,8 @@ class SegmentationDataModule(LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             worker_init_fn=worker_threads if workers > 0 else None,
-            pin_memory=bool(self.options.pin_memory),
-            collate_fn=collate_patches,
+            pin_memory=self.pin_memory,
+            collate_fn=TrainCollate(self._prepare_batch() if self.augment_device == "cpu" else None),
         )
         if self._resume_position:
             self._train_loader.load_state_dict(self._resume_position)

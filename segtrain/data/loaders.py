@@ -13,15 +13,20 @@ from segtrain.errors import ConfigError
 
 
 def collate_patches(items: list[dict]) -> dict:
-    """Stack training patches with NumPy (single-threaded), other values into lists.
+    """Stack training patches with NumPy (single-threaded), augmentation parameters into ``AugmentParams``,
+    other values into lists.
 
     torch.stack in the training process wakes torch's intra-op thread pool for every batch; on a busy
     small CPU box that cost ~25 ms per batch of two 48^3 patches, against <1 ms for np.stack.
     """
+    from segtrain.augment.params import PARAMS_KEY, AugmentParams
+
     out = {}
     for key in items[0]:
         values = [item[key] for item in items]
-        if all(torch.is_tensor(v) or isinstance(v, np.ndarray) for v in values):
+        if key == PARAMS_KEY:
+            out[key] = AugmentParams.collate(values)
+        elif all(torch.is_tensor(v) or isinstance(v, np.ndarray) for v in values):
             arrays = [v.detach().cpu().numpy() if torch.is_tensor(v) else v for v in values]
             out[key] = torch.from_numpy(np.stack(arrays))
         elif all(isinstance(v, (int, float)) for v in values):
@@ -29,6 +34,41 @@ def collate_patches(items: list[dict]) -> dict:
         else:
             out[key] = values
     return out
+
+
+class PrepareBatch:
+    """A collated training batch → augmented (``segtrain.augment.batched``) with the loss's label maps
+    (``segtrain.losses.maps``), computed from the augmented labels; on whatever device the batch is.
+
+    On a CPU it runs in the data workers (``TrainCollate``); on a GPU right after the batch's
+    transfer (``SegmentationDataModule.on_after_batch_transfer``).
+    """
+
+    def __init__(self, augmenter=None, label_maps: dict | None = None, spacing=None, num_classes: int | None = None):
+        self.augmenter, self.label_maps = augmenter, dict(label_maps or {})
+        self.spacing, self.num_classes = spacing, num_classes
+
+    def __call__(self, batch: dict) -> dict:
+        from segtrain.augment.params import PARAMS_KEY
+
+        if PARAMS_KEY in batch:
+            batch = self.augmenter(batch) if self.augmenter is not None else {k: v for k, v in batch.items() if k != PARAMS_KEY}
+        batch = dict(batch)
+        for name, fn in self.label_maps.items():
+            batch[name] = fn(batch["label"], self.spacing, num_classes=self.num_classes)
+        return batch
+
+
+class TrainCollate:
+    """The training loader's ``collate_fn``: stack the items, then ``prepare`` the batch (a ``PrepareBatch``)
+    when it is augmented on the CPU (in the worker); None leaves that to the training device."""
+
+    def __init__(self, prepare: PrepareBatch | None = None):
+        self.prepare = prepare
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = collate_patches(items)
+        return self.prepare(batch) if self.prepare is not None else batch
 
 
 def patch_seed(seed: int, epoch: int, index: int) -> int:
@@ -101,12 +141,21 @@ class ResumableLoader(torch.utils.data.DataLoader):
         self.sampler.skip = batches * int(self.batch_size or 1)
 
 
-def resolve_workers(value, augmentation=None) -> int:
-    """``data.num_workers``: a number, or ``auto``: none for mirroring only (cheap, in-process), else CPUs - 1 up to 4."""
+MAX_WORKERS = 12  # nnU-Net's default number of augmentation processes
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a SLURM or container allotment), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_workers(value, augmentation=None, augment_device: str = "cpu", processes_per_node: int = 1) -> int:
+    """``data.num_workers``: a number, or ``auto``: this process's share of its usable CPUs, less one for the
+    training process, up to 12 (nnU-Net's); none when the batch is only mirrored on a CPU (cheap, in-process)."""
     if value is None or str(value) == "auto":
-        if augmentation is None or augmentation.mirroring_only:
+        if augment_device == "cpu" and (augmentation is None or augmentation.mirroring_only):
             return 0
-        return max(1, min(4, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1))
+        return max(1, min(MAX_WORKERS, usable_cpus() // max(int(processes_per_node), 1) - 1))
     try:
         workers = int(value)
     except (TypeError, ValueError):

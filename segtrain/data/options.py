@@ -65,7 +65,7 @@ class DataOptions:
     cache_rate: float
     cache_dir: str | None
     num_workers: int | str
-    pin_memory: bool
+    pin_memory: bool | str | None
     synthetic: dict | None = None
 
     def __post_init__(self) -> None:
@@ -121,6 +121,8 @@ class DataOptions:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must lie in [0, 1) (0: no held-out test cases)")
         if not 0.0 < float(self.cache_rate) <= 1.0:
             raise ConfigError(f"data.cache_rate={self.cache_rate} must lie in (0, 1]")
+        if self.pin_memory not in (True, False, None, "auto"):
+            raise ConfigError(f"data.pin_memory={self.pin_memory!r} must be true, false or auto (pinned when training on a GPU)")
         from segtrain.data.loaders import resolve_workers
 
         resolve_workers(self.num_workers)

@@ -5,8 +5,9 @@
   (MONAI meta is kept), so a prediction can go back to the original geometry with ``Invertd``.
 - ``inference_transforms``: the same steps for the image alone (the prediction app).
 - ``train_cached_transforms`` + ``train_random_transforms``: pad to the patch, precompute a bounded
-  sample of voxel locations per class (cached), then draw patches centred on foreground with
-  probability ``data.pos_fraction`` (``data.sampling``: ``posneg`` or ``class_balanced``) and flip.
+  sample of voxel locations per class (cached), then cut regions centred on foreground with
+  probability ``data.pos_fraction`` (``data.sampling``: ``posneg`` or ``class_balanced``) and draw
+  their augmentation parameters; the batch is augmented after collation (``segtrain.augment``).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class RandForegroundCropd(Randomizable, MapTransform):
     first, so rare classes are seen as often as common ones. Background centres are uniform over the
     volume, redrawn (up to ``background_tries`` times) while they land on foreground. A case without
     foreground gives a background patch. Centres near the border are moved inwards so the patch fits
-    (the volume was padded to at least the patch size). Outputs NumPy views (no meta) for ``RandFlipAxesd``.
+    (the volume was padded to at least the patch size). Outputs NumPy arrays (no meta).
     """
 
     def __init__(self, keys, label_key: str, patch_size: Sequence[int], pos_fraction: float, sampling: str = "posneg",
@@ -279,31 +280,7 @@ class RandForegroundCropd(Randomizable, MapTransform):
             return d
         region = (slice(None), *(slice(a, a + p) for a, p in zip(starts, self.patch_size)))
         for key in self.key_iterator(d):
-            d[key] = _numpy(d[key])[region]  # a view: RandFlipAxesd makes the copy
-        return d
-
-
-class RandFlipAxesd(Randomizable, MapTransform):
-    """Flip each spatial axis with probability ``prob``, the same flips for every key; returns contiguous copies.
-
-    NumPy, single-threaded on purpose: in the training process, torch's intra-op threads would
-    compete with the network's for the cores (a 48^3 ``torch.flip`` took 7 ms on a busy 2-core box,
-    ``np.flip`` + copy 0.1 ms).
-    """
-
-    def __init__(self, keys, spatial_axes: Sequence[int], prob: float = 0.5):
-        MapTransform.__init__(self, keys)
-        self.spatial_axes, self.prob = list(spatial_axes), float(prob)
-
-    def randomize(self, data=None) -> None:
-        self._axes = [a + 1 for a in self.spatial_axes if self.R.rand() < self.prob]
-
-    def __call__(self, data: dict) -> dict:
-        d = dict(data)
-        self.randomize()
-        for key in self.key_iterator(d):
-            value = _numpy(d[key])
-            d[key] = np.ascontiguousarray(np.flip(value, self._axes) if self._axes else value)
+            d[key] = _numpy(d[key])[region]  # a view of the cached case: collation copies it
         return d
 
 
@@ -314,37 +291,40 @@ def _numpy(value) -> np.ndarray:
     return value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
 
 
-def train_cached_transforms(patch_size: Sequence[int], label_maps: dict | None = None,
-                            num_classes: int | None = None) -> list:
-    """After the deterministic part, for training cases: pad to the patch, add label maps, sample class locations."""
+def train_cached_transforms(patch_size: Sequence[int]) -> list:
+    """After the deterministic part, for training cases: pad to the patch, sample class locations."""
     from monai import transforms as T
 
-    steps: list = [T.SpatialPadd(keys=["image", "label"], spatial_size=list(patch_size), mode="constant")]
-    if label_maps:
-        steps.append(LabelMapsd(label_maps, num_classes))
-    steps.append(ForegroundLocationsd(label_key="label"))
-    return steps
+    return [T.SpatialPadd(keys=["image", "label"], spatial_size=list(patch_size), mode="constant"),
+            ForegroundLocationsd(label_key="label")]
 
 
 def train_random_transforms(patch_size: Sequence[int], pos_fraction: float, sampling: str = "posneg", augmentation=None,
-                            spacing: Sequence[float] | None = None, extra_keys: Sequence[str] = ()) -> list:
-    """Random part: one patch (foreground with ``pos_fraction``), its augmentation, plain tensors.
+                            spacing: Sequence[float] | None = None) -> list:
+    """Random part, in the data workers: one region (foreground with ``pos_fraction``), its augmentation parameters.
 
+    The region is the patch grown for rotation and scaling (``Augmentation.crop_size``); the batch is
+    augmented after collation, on the training device (``segtrain.augment.batched``).
     ``augmentation``: an ``augment.Augmentation`` (``None``: mirroring only, as ``augment=light``).
-    ``extra_keys``: per-voxel maps (e.g. a loss's distance maps) cropped, transformed and flipped with the label.
     """
     from monai import transforms as T
 
+    from segtrain.augment.params import DrawAugmentationd
+
+    augmentation = augmentation if augmentation is not None else default_augmentation()
+    keys = ["image", "label"]
+    crop = augmentation.crop_size(patch_size, spacing)
+    return [RandForegroundCropd(keys=keys, label_key="label", patch_size=patch_size, pos_fraction=pos_fraction,
+                                sampling=sampling, crop_size=crop),
+            DrawAugmentationd(augmentation, patch_size, spacing),
+            T.EnsureTyped(keys=keys, track_meta=False)]
+
+
+def default_augmentation():
+    """Mirroring only (``augment=light``): what a data module without an ``augment`` config gets."""
     from segtrain.augment import Augmentation
 
-    augmentation = augmentation if augmentation is not None else Augmentation(mirror_prob=0.5)
-    keys = ["image", "label", *extra_keys]
-    crop = augmentation.crop_size(patch_size, spacing)
-    steps: list = [RandForegroundCropd(keys=keys, label_key="label", patch_size=patch_size, pos_fraction=pos_fraction,
-                                       sampling=sampling, crop_size=crop)]
-    steps += augmentation.transforms(patch_size, spacing, keys)
-    steps.append(T.EnsureTyped(keys=keys, track_meta=False))
-    return steps
+    return Augmentation(mirror_prob=0.5)
 
 
 class LabelMapsd(MapTransform):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from segtrain.losses.base import LossInputs, SegmentationLoss
@@ -29,7 +27,7 @@ class BoundaryLoss(SegmentationLoss):
 
     The distance maps depend on the label only: the data pipeline computes them once per case
     (label map ``signed_distance``, one channel per foreground class); without them (direct API
-    use) they are computed on the fly, in voxels and slowly.
+    use) they are computed on the fly from the target, in voxels, on its device.
 
     Args:
         alpha: weight of the generalized Dice term at epoch 0, in [0, 1].
@@ -70,6 +68,5 @@ class BoundaryLoss(SegmentationLoss):
 
     @staticmethod
     def _on_the_fly(inputs: LossInputs) -> Tensor:
-        fn = SignedDistanceMaps()
-        labels = inputs.target.detach().cpu().numpy()
-        return torch.from_numpy(np.stack([fn(labels[b], num_classes=inputs.num_labels) for b in range(labels.shape[0])]))
+        # the target tensor (B, 1, *S) itself: SciPy per case on a CPU, torch on the target's device elsewhere
+        return SignedDistanceMaps()(inputs.target.detach(), num_classes=inputs.num_labels)

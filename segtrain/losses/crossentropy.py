@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -149,7 +148,8 @@ class DistanceWeightedCrossEntropyLoss(SegmentationLoss):
     background gaps between them get a large weight and the network learns to separate them.
 
     The border term depends on the label only: the data pipeline computes it once per case
-    (label map ``border_weight``); without it (direct API use) it is computed on the fly, slowly.
+    (label map ``border_weight``); without it (direct API use) it is computed on the fly from the
+    target, on its device.
 
     Args:
         w0: weight of the border term (>= 0).
@@ -174,9 +174,8 @@ class DistanceWeightedCrossEntropyLoss(SegmentationLoss):
         return (weight * inputs.nll).mean()
 
     def _border_on_the_fly(self, inputs: LossInputs) -> Tensor:
-        fn = self.label_maps["border_weight"]
-        labels = inputs.target.detach().cpu().numpy()
-        return torch.from_numpy(np.stack([fn(labels[b]) for b in range(labels.shape[0])]))
+        # the target tensor (B, 1, *S) itself: SciPy per case on a CPU, torch on the target's device elsewhere
+        return self.label_maps["border_weight"](inputs.target.detach())
 
 
 @register("focal")

@@ -49,14 +49,13 @@ class LovaszLoss(SegmentationLoss):
 
 
 def lovasz_grad(gt_sorted: Tensor) -> Tensor:
-    """Increments of the Jaccard loss along the sorted errors (Berman et al., Alg. 1), float32."""
+    """Increments of the Jaccard loss along the sorted errors (Berman et al., Alg. 1), float32; along the last axis."""
     gt = gt_sorted.double()
-    total = gt.sum()
-    intersection = total - gt.cumsum(0)
-    union = total + (1 - gt).cumsum(0)
+    total = gt.sum(-1, keepdim=True)
+    intersection = total - gt.cumsum(-1)
+    union = total + (1 - gt).cumsum(-1)
     jaccard = 1.0 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1]
-    return jaccard.float()
+    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1).float()
 
 
 def lovasz_hinge(logits: Tensor, labels: Tensor) -> Tensor:
@@ -68,13 +67,15 @@ def lovasz_hinge(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def lovasz_softmax(probs: Tensor, labels: Tensor) -> Tensor:
-    """Lovász-softmax on flat probabilities (C, N) and labels (N,), over the classes present in ``labels``."""
-    losses = []
-    for c in range(probs.shape[0]):
-        fg = labels == c
-        if not bool(fg.any()):
-            continue
-        errors = (fg.float() - probs[c]).abs()
-        errors_sorted, order = torch.sort(errors, descending=True)
-        losses.append((errors_sorted * lovasz_grad(fg[order])).sum())
-    return torch.stack(losses).mean()
+    """Lovász-softmax on flat probabilities (C, N) and labels (N,), over the classes present in ``labels``.
+
+    Every class is computed at once (one sort along N) and the absent ones are weighted out, so that which
+    classes are present is never read back to the host.
+    """
+    classes = torch.arange(probs.shape[0], device=labels.device)[:, None]
+    fg = labels[None, :] == classes  # (C, N)
+    errors = (fg.float() - probs).abs()
+    errors_sorted, order = torch.sort(errors, dim=1, descending=True)
+    losses = (errors_sorted * lovasz_grad(torch.gather(fg, 1, order))).sum(1)  # (C,)
+    present = fg.any(1).float()
+    return (losses * present).sum() / present.sum().clamp_min(1.0)
