@@ -366,7 +366,7 @@ def test_resumed_config_keeps_the_run_and_refuses_learned_changes(cache_dir, tmp
 
 
 # -- the non-finite guard -------------------------------------------------------------------------------
-def _fit_toy(tmp_path, nan_steps: set[int], **guard):
+def _fit_toy(tmp_path, nan_steps: set[int], callbacks=(), **guard):
     from lightning.pytorch import LightningModule, Trainer
 
     from segtrain.callbacks.guard import NonFiniteGuard
@@ -391,8 +391,8 @@ def _fit_toy(tmp_path, nan_steps: set[int], **guard):
                 "x": torch.stack([i["x"] for i in b]), "id": [i["id"] for i in b]})
 
     module = Toy()
-    trainer = Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=[NonFiniteGuard(**guard)], default_root_dir=tmp_path)
+    trainer = Trainer(max_epochs=2, logger=False, enable_checkpointing=bool(callbacks), enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[NonFiniteGuard(**guard), *callbacks], default_root_dir=tmp_path)
     trainer.fit(module)
     return module, trainer
 
@@ -403,6 +403,19 @@ def test_guard_stops_on_a_nan_loss_naming_step_and_cases(tmp_path):
     message = str(info.value)
     assert message.startswith("non-finite loss (loss nan) at step 4 (epoch 1); batch cases: case2, case3")
     assert "optim.optimizer.lr" in message and "guard.on_nonfinite=skip" in message and "\n" not in message
+
+
+def test_guard_reads_its_flag_before_every_checkpoint_and_none_follows_a_bad_step(tmp_path):
+    """The flag is read at the logging interval (50 steps here: never), at checkpoint writes and epoch ends:
+    the checkpoint after the bad step is not written, those before it are, with finite weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    with pytest.raises(NonFiniteError, match=r"^non-finite loss \(loss nan\) at step 1 \(epoch 0\); batch cases: case2, case3"):
+        _fit_toy(tmp_path, nan_steps={1}, callbacks=[saver])
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step=1.ckpt"]
+    weights = torch.load(tmp_path / "ckpt" / "step=1.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values())
 
 
 def test_guard_skip_leaves_the_weights_alone_and_has_a_budget(tmp_path):

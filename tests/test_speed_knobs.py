@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -79,8 +81,9 @@ def test_a_3d_cpu_run_trains_channels_last_and_its_checkpoint_predicts_without_i
 
 
 @pytest.mark.slow
-def test_gpu_evidence_script_runs_and_reports_every_loss_finite(tmp_path):
-    """scripts/gpu_evidence.py (what a GPU session runs for docs/benchmarks.md#gpu), at its smoke size on this CPU."""
+def test_gpu_evidence_script_runs_every_part(tmp_path):
+    """scripts/gpu_evidence.py (what a GPU session runs for docs/benchmarks.md#gpu), at its smoke size on this CPU:
+    every part prints its figures, every command it runs exits 0."""
     import subprocess
     import sys
 
@@ -92,8 +95,16 @@ def test_gpu_evidence_script_runs_and_reports_every_loss_finite(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = out.read_text()
-    assert "| 32-true | 16³ | 2 |" in text and "| bf16-mixed | 16³ | 2 |" in text
+    for network in ("| U-Net (default) | 16×16×16 | 2 |", "| dynunet (planned: "):
+        for precision in ("32-true", "bf16-mixed"):
+            assert re.search(re.escape(network) + r"[^\n]*" + precision + r" \| [\d.]+ \| [\d.]+ \|", text), (network, precision)
+    assert text.count("bf16 / fp32 steps/s = ") == 2
     count = 2 * len(available_losses())
     assert f"{count} of {count} finite" in text
     assert all(f"| {name} | confident |" in text for name in available_losses())
-    assert text.count("ratio segtrain / bare:") == 2  # bench_train.py ran for each precision
+    assert "ratio with guard / without: " in text and text.count("(exit 0") == 3  # guard, default run, data
+    assert re.search(r"time: [\d.]+ s = start-up [\d.]+ s", text)  # the default run's split
+    assert re.search(r"4 volumes of 48×48×12 voxels at 0.7×0.7×3.0 mm", text)
+    assert re.search(r"waiting for data [\d.]+ s/step: [\d.]+% of step time", text)
+    for what in ("cut only \\(a GPU augments\\)", "cut and augmented in the workers \\(a CPU trains\\)"):
+        assert re.search(r"loader alone, " + what + r": \d+ worker\(s\), batch 2, patch \[32, 32, 8\]: [\d.]+ batches/s", text), what
