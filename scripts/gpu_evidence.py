@@ -88,10 +88,12 @@ def planned_spec(dataset: dict):
 
 # -- 1 ---------------------------------------------------------------------------------------------------
 def train_steps(net, device: str, precision: str, shape, steps: int, warmup: int) -> dict:
-    """Median seconds per step, steps/s and peak memory of ``net`` with dice_ce and AdamW on random batches."""
+    """Median seconds per step, steps/s and peak memory of ``net`` with dice_ce and AdamW on random batches
+    (deep supervision's extra outputs included, as in training)."""
     from segtrain.losses import build_loss
+    from segtrain.losses.deep_supervision import DeepSupervisionLoss
 
-    loss_fn = build_loss("dice_ce")
+    loss_fn = DeepSupervisionLoss(build_loss("dice_ce"))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     dtype = autocast_dtype(precision)
     scaler = torch.amp.GradScaler(device, enabled=dtype is torch.float16)

@@ -84,6 +84,7 @@ def resolve(model_cfg: DictConfig, spec) -> dict:
             args["channels"] = [min(top, base * 2 ** i) for i in range(len(args["strides"]) + 1)]
     args.pop("base_channels", None)
     args.pop("max_channels", None)
+    base, top = int(args.pop("base_filters", 32)), args.pop("max_filters", AUTO)
     for knob in SPEED_KNOBS:  # how the network runs, not what it is (apply_speed_knobs)
         args.pop(knob, None)
     if "kernel_size" in args and "upsample_kernel_size" in args:  # MONAI DynUNet
@@ -94,8 +95,12 @@ def resolve(model_cfg: DictConfig, spec) -> dict:
         if _is_auto(args["upsample_kernel_size"]):
             args["upsample_kernel_size"] = args["strides"][1:]
         if _is_auto(args.get("filters")):
-            top = 320 if dims == 3 else 512
-            args["filters"] = [min(top, 32 * 2 ** i) for i in range(len(args["strides"]))]
+            top = (320 if dims == 3 else 512) if _is_auto(top) else int(top)
+            args["filters"] = [min(top, base * 2 ** i) for i in range(len(args["strides"]))]
+        if _is_auto(args.get("deep_supr_num")):  # nnU-Net: every decoder output but the lowest resolution
+            args["deep_supr_num"] = max(len(args["strides"]) - 3, 0)
+        if args.get("deep_supervision") and not args.get("deep_supr_num"):
+            args["deep_supervision"], args["deep_supr_num"] = False, 1  # too few stages for a second output
     return args
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from segtrain.events import RUN_METRICS, lower_is_better
-from segtrain.losses.deep_supervision import DeepSupervisionLoss
+from segtrain.losses.deep_supervision import DeepSupervisionLoss, output_heads
 from segtrain.metrics import OverlapMetrics, class_argmax
 
 log = logging.getLogger("segtrain")
@@ -112,7 +112,7 @@ class SegmentationModule(LightningModule):
         output = self.net(image)
         loss = self.loss(output, label, **self._label_maps(batch))
         with torch.no_grad():
-            pred = class_argmax(main_output(output))
+            pred = class_argmax(output_heads(output, label.ndim)[0])
             self.train_metrics.update(pred, label)
             self.train_loss.update(loss.detach())
         # Not through self.log(prog_bar=True): Lightning would read it back from the device after every step (a

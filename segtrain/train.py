@@ -385,12 +385,50 @@ def prepare(cfg: DictConfig, overrides: list[str], started: float | None = None)
         if state.get("events_wall_time") is not None:
             for folder in sorted({path.parent for path in event_files(output_dir)}):
                 truncate_events(folder, float(state["events_wall_time"]))
-    trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
-    log.info("model: %s, %s trainable parameters; loss: %s", cfg.model.get("_target_", "?"), f"{trainable:,}",
-             loss.registry_name)
+    recipe = recipe_summary(cfg, module, data)
+    log.info("%s", recipe)
+    if data.report is not None and trainer.is_global_zero:  # dataset_report.txt says what was chosen and why, too
+        data.report.notes.append(recipe.replace("\n", "\n  "))
+        data.report.save(output_dir)
     for logger in trainer.loggers:  # HParams: every parameter, best and final val/dice, val/iou, val/loss
         logger.log_hyperparams(module.hparams["run"], metrics={name: float("nan") for name in hparam_metric_names()})
     return cfg, data, module, trainer
+
+
+def recipe_summary(cfg: DictConfig, module, data) -> str:
+    """What trains and why: the network (its plan), the optimiser and schedule, the epoch, the loss (two lines)."""
+    from omegaconf import OmegaConf
+
+    from segtrain.models import resolve
+
+    trainable = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    name = str(cfg.model.get("_target_", "?")).rsplit(".", 1)[-1]
+    args = resolve(cfg.model, data.spec)
+    shape = ""
+    if "filters" in args:  # DynUNet
+        heads = f", deep supervision over {args['deep_supr_num'] + 1} outputs" if args.get("deep_supervision") else ""
+        shape = f" ({len(args['strides'])} stages, {args['filters'][0]}-{args['filters'][-1]} filters{heads})"
+    elif "channels" in args:
+        shape = f" ({len(args['channels'])} levels, {args['channels'][0]}-{args['channels'][-1]} channels)"
+    optimizer = OmegaConf.to_container(cfg.optim.optimizer, resolve=True)
+    settings = ", ".join(f"{k} {v}" for k, v in optimizer.items() if k not in ("_target_", "_partial_"))
+    scheduler = cfg.optim.get("scheduler")
+    schedule = str(scheduler.get("_target_")).rsplit(".", 1)[-1] if scheduler else "constant learning rate"
+    steps = -(-data.patches_per_epoch // data.batch_size)
+    clip = cfg.trainer.get("gradient_clip_val")
+    choices = _group_choices()
+    model, optim, data_choice = choices.get("model", name), choices.get("optim", "?"), choices.get("data", "?")
+    if data_choice in ("nifti", "images2d") and (model, optim) == ("dynunet", "sgd"):
+        why = (f"nnU-Net's network and recipe, the default for your data (data={data_choice}); "
+               "model=unet optim=adamw train the small U-Net instead")
+    elif data_choice.startswith("synthetic") and (model, optim) == ("unet", "adamw"):
+        why = "the synthetic presets' small U-Net and AdamW (a run of about a minute on a CPU); model=dynunet optim=sgd is nnU-Net's"
+    else:
+        why = f"model={model} optim={optim}, as chosen"
+    return (f"model: {name}{shape}, {trainable:,} trainable parameters; optim: "
+            f"{str(optimizer.get('_target_', '?')).rsplit('.', 1)[-1]} ({settings}), {schedule}"
+            f"{f', gradient norm clipped at {clip}' if clip else ''}; {steps} steps per epoch; loss: "
+            f"{module.loss.loss.registry_name}\n  why: {why}")
 
 
 def _fit(trainer, module, data, ckpt_path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.cli import TINY_2D, TINY_3D, run_cli
+from helpers.cli import TINY_2D, TINY_3D, on_user_data, run_cli
 from segtrain.events import read_hparams, read_scalars
 
 pytestmark = pytest.mark.slow
@@ -158,7 +158,7 @@ def test_multirun_sweeps_losses(tmp_path, cache_dir):
     ],
 )
 def test_bad_input_is_one_clear_line_and_nonzero_exit(tmp_path, cache_dir, args, expected):
-    base = [a for a in TINY_3D if not a.startswith("data.")] if "data=nifti" in args else TINY_3D
+    base = [a for a in on_user_data(TINY_3D) if not a.startswith("data.")] if "data=nifti" in args else TINY_3D
     proc = run_cli([*base, *args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, cache_dir)
     assert proc.returncode != 0
     assert expected in proc.stderr, proc.stderr[-3000:]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-TINY_MODEL = ["model.channels=[4,8,16,32]", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+TINY_MODEL = ["model=unet", "optim=adamw", "model.channels=[4,8,16,32]", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
               "trainer.log_every_n_steps=1"]
 
 

@@ -28,6 +28,15 @@ CONVERGED = (  # Dice rose early, then a plateau while the loss keeps falling sl
 )
 
 
+# The GPU run of the nnU-Net issue (a real 5-case 3D lesion set, model=dynunet, 900 steps): the training
+# loss fell 45% while val/dice stayed 0.0000 at all 18 validations and val/loss rose (read off its curves).
+LESION_TRAIN = [1.212, 1.154, 1.106, 1.063, 1.021, 0.986, 0.950, 0.921, 0.893, 0.866, 0.841, 0.815, 0.790, 0.770,
+                0.747, 0.727, 0.684, 0.667]
+LESION_VAL = [1.031, 1.035, 1.044, 1.051, 1.049, 1.062, 1.071, 1.077, 1.090, 1.096, 1.103, 1.118, 1.121, 1.134, 1.142,
+              1.151, 1.160, 1.172]
+LESION_DICE = [0.0] * 18
+
+
 def verdicts(losses, dices, **kw):
     return [assess(list(range(n)), losses[:n], dices[:n], **kw) for n in range(1, len(losses) + 1)]
 
@@ -74,6 +83,38 @@ def test_flat_loss_is_not_flagged():
     assert not any(r.diverging for r in verdicts([0.5] * 12, [0.0] * 12))
 
 
+def test_training_loss_falling_while_val_dice_never_leaves_zero_is_flagged_as_overfitting():
+    """The nnU-Net issue's curve: val/loss rises, so the first rule is silent; the second catches it."""
+    epochs = list(range(18))
+    assert not assess(epochs, LESION_VAL, LESION_DICE).diverging  # val/loss alone: no warning (as before)
+    results = [assess(epochs[:n], LESION_VAL[:n], LESION_DICE[:n], train_losses=LESION_TRAIN[:n]) for n in range(1, 19)]
+    assert not any(r.diverging for r in results[:9])  # the window fills first
+    assert all(r.diverging and r.rule == "train" for r in results[9:])
+    assert results[-1].train_change == pytest.approx(-0.45, abs=0.03) and results[-1].val_loss_change > 0.1
+    monitor = DivergenceMonitor()
+    monitor.history = {"epoch": epochs, "loss": LESION_VAL, "dice": LESION_DICE, "train_loss": LESION_TRAIN}
+    monitor.last = results[-1]
+    message = monitor.flat_message()
+    assert "the training loss fell" in message and "never left 0" in message and "over-fitting a few training cases" in message
+
+
+def test_training_loss_falling_while_val_dice_stays_zero_and_val_loss_flat_is_a_loss_metric_mismatch():
+    epochs = list(range(18))
+    flat_val = [1.0 + 0.002 * (i % 3) for i in range(18)]
+    result = assess(epochs, flat_val, LESION_DICE, train_losses=LESION_TRAIN)
+    assert result.diverging and result.rule == "train" and abs(result.val_loss_change) < 0.05
+    monitor = DivergenceMonitor()
+    monitor.history = {"epoch": epochs, "loss": flat_val, "dice": LESION_DICE, "train_loss": LESION_TRAIN}
+    monitor.last = result
+    assert "a mismatch between the loss and the metric" in monitor.flat_message()
+    # a run whose Dice leaves 0 is not flagged by this rule, nor one whose training loss barely moves
+    assert not assess(epochs, flat_val, [0.0] * 5 + [0.2] * 13, train_losses=LESION_TRAIN).diverging
+    assert not assess(epochs, flat_val, LESION_DICE, train_losses=[1.0 - 0.005 * i for i in range(18)]).diverging
+    healthy_train = [1.5 - 0.05 * i for i in range(12)]
+    assert not any(assess(list(range(n)), HEALTHY[0][:n], HEALTHY[1][:n], train_losses=healthy_train[:n]).diverging
+                   for n in range(1, 13))
+
+
 def test_window_and_thresholds_are_configurable():
     results = verdicts(*TINY_FG_DICE_BG, window=4)
     assert results[3].diverging  # a short window judges earlier
@@ -110,17 +151,32 @@ def test_callback_logs_every_validation_and_warns_once(caplog):
     with caplog.at_level(logging.WARNING, logger="segtrain"):
         for epoch, (loss, dice) in enumerate(zip(*TINY_FG_DICE_BG)):
             trainer.current_epoch, trainer.global_step = epoch, 4 * (epoch + 1)
-            trainer.callback_metrics = {"val/loss": torch.tensor(loss), "val/dice": torch.tensor(dice)}
+            trainer.callback_metrics = {"val/loss": torch.tensor(loss), "val/dice": torch.tensor(dice),
+                                        "train/loss_epoch": torch.tensor(0.7 - 0.001 * epoch)}
             monitor.on_validation_end(trainer, module)
+    assert len(monitor.history["train_loss"]) == len(TINY_FG_DICE_BG[0])
     flags = [m[FLAG] for _, m in trainer.loggers[0].logged]
     assert flags == [0.0] * 9 + [1.0] * 3
     warnings = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
     assert len(warnings) == 1
     assert "include_background" in warnings[0] and "0.6088 -> 0.5167" in warnings[0]
+
     # A resumed run keeps its history (and does not warn again).
     restored = DivergenceMonitor()
     restored.load_state_dict(monitor.state_dict())
     assert restored.warned and restored.history == monitor.history
+
+    # The second rule through the callback: the recorded lesion run warns once, naming over-fitting.
+    monitor, trainer = DivergenceMonitor(), _Trainer()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="segtrain"):
+        for epoch, (train, val) in enumerate(zip(LESION_TRAIN, LESION_VAL)):
+            trainer.current_epoch = epoch
+            trainer.callback_metrics = {"val/loss": torch.tensor(val), "val/dice": torch.tensor(0.0),
+                                        "train/loss_epoch": torch.tensor(train)}
+            monitor.on_validation_end(trainer, module)
+    warnings = [r.getMessage() for r in caplog.records if "never left 0" in r.getMessage()]
+    assert len(warnings) == 1 and "over-fitting" in warnings[0]
 
 
 # -- real runs of the CLI -------------------------------------------------------------------------------

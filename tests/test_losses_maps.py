@@ -342,6 +342,22 @@ def test_deep_supervision_main_output_last_gets_the_largest_weight():
     torch.testing.assert_close(wrapped(heads[2], target), loss(heads[2], target))  # one output: the loss itself
 
 
+def test_deep_supervision_reads_dynunets_stacked_heads_main_first():
+    """MONAI's DynUNet in training: (B, heads, C, *S), main first, heads upsampled; the weights are nnU-Net's."""
+    from monai.networks.nets import DynUNet
+
+    loss = build_loss("dice_ce")
+    wrapped = DeepSupervisionLoss(loss)
+    target = torch.randint(0, 3, (2, 1, 16, 16))
+    net = DynUNet(2, 1, 3, kernel_size=[3] * 4, strides=[1, 2, 2, 2], upsample_kernel_size=[2] * 3, filters=[4, 8, 16, 32],
+                  deep_supervision=True, deep_supr_num=1).train()
+    stacked = net(torch.randn(2, 1, 16, 16))
+    assert stacked.shape == (2, 2, 3, 16, 16)
+    expected = 2 / 3 * loss(stacked[:, 0], target) + 1 / 3 * loss(stacked[:, 1], target)
+    torch.testing.assert_close(wrapped(stacked, target), expected)
+    assert net.eval()(torch.randn(2, 1, 16, 16)).shape == (2, 3, 16, 16)  # inference: the main output only
+
+
 def test_deep_supervision_downsamples_label_and_maps_for_coarse_heads():
     loss = build_loss("boundary", alpha=0.5)
     wrapped = DeepSupervisionLoss(loss)

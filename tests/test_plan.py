@@ -149,8 +149,8 @@ def anisotropic_dataset(root, num_cases=6, shape=(40, 40, 8), spacing=(0.7, 0.7,
 def test_anisotropic_run_writes_its_plan_and_prints_it(tmp_path, cache_dir):
     root = anisotropic_dataset(tmp_path / "aniso")
     run = tmp_path / "run"
-    result = run_cli(["data=nifti", f"data.root={root}", "trainer.fast_dev_run=true", "augment=none",
-                      *TINY_MODEL[1:], f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    result = run_cli(["data=nifti", f"data.root={root}", "trainer.fast_dev_run=true", "augment=none",  # nnU-Net's network
+                      "model.base_filters=4", "model.max_filters=16", *TINY_MODEL[3:], f"hydra.run.dir={run}"], tmp_path, cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     plan = json.loads((run / "plan.json").read_text())
     assert {"spacing", "patch_size", "batch_size", "normalize", "strides", "kernel_sizes"} <= set(plan)
@@ -185,7 +185,7 @@ def test_planned_strides_reach_the_network(tmp_path, cache_dir):
     from segtrain.models import build_model, check_patch_size, divisor_per_axis
 
     root = anisotropic_dataset(tmp_path / "aniso", shape=(64, 64, 12))
-    cfg = compose(["data=nifti", f"data.root={root}"], cache_dir=cache_dir)
+    cfg = compose(["data=nifti", f"data.root={root}", "model=unet"], cache_dir=cache_dir)
     data = build_datamodule(cfg.data)
     spec = data.spec
     check_patch_size(cfg.model, spec)
@@ -194,8 +194,8 @@ def test_planned_strides_reach_the_network(tmp_path, cache_dir):
     assert divisor[2] < divisor[0]
     out = net(torch.zeros(1, 1, *spec.patch_size))
     assert tuple(out.shape[2:]) == tuple(spec.patch_size)
-    dyn = compose(["data=nifti", f"data.root={root}", "model=dynunet"], cache_dir=cache_dir)
-    net = build_model(dyn.model, spec)
+    dyn = compose(["data=nifti", f"data.root={root}"], cache_dir=cache_dir)  # your data's default: nnU-Net's DynUNet
+    net = build_model(dyn.model, spec).eval()  # in training it also returns its deep-supervision outputs
     assert tuple(net(torch.zeros(1, 1, *spec.patch_size)).shape[2:]) == tuple(spec.patch_size)
     assert net.kernel_size[0] == [3, 3, 1]
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers.cli import TINY_3D, run_cli
+from helpers.cli import TINY_3D, on_user_data, run_cli
 from segtrain.events import read_scalars
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_images_ts_of_an_nnunet_dataset_is_the_test_set_and_scored_on_its_own_gr
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "noise"}, "labels": {"background": 0, "sphere": 1},
                                                    "numTraining": 6, "file_ending": ".nii.gz"}))
     run = tmp_path / "run"
-    tiny = [a for a in TINY_3D if not a.startswith("data.synthetic")]
+    tiny = on_user_data(TINY_3D)
     proc = run_cli([*tiny, "data=nifti", f"data.root={root}", "data.spacing=[1,1,1]", "trainer.max_epochs=2",
                     f"hydra.run.dir={run}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,7 +91,7 @@ def test_test_split_reads_labels_through_the_runs_label_mapping(tmp_path, cache_
         label = np.asarray(Image.open(source.parent / "labels" / image.name))
         Image.fromarray((label > 0).astype(np.uint8) * 255).save(root / "labels" / image.name)
     run = tmp_path / "run"
-    tiny = [a for a in TINY_2D if not a.startswith(("data=", "data.synthetic"))]
+    tiny = on_user_data(TINY_2D)
     proc = run_cli([*tiny, "data=images2d", f"data.root={root}", "data.label_mapping={255: 1}", "data.test_fraction=0.34",
                     f"hydra.run.dir={run}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

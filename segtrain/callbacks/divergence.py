@@ -24,7 +24,13 @@ The rule (``assess``), over the last ``window`` validations, each trend from a l
 Rule 3 keeps a healthy run quiet once it has converged: there the loss keeps falling slowly
 (the network grows more confident) while Dice, long risen, stays on its plateau. Nothing is
 judged before the window is full, so a run whose Dice takes a few epochs to leave 0 is not flagged.
-See ``docs/diagnostics.md``.
+
+A second rule watches the training loss (``train/loss_epoch``), for the run whose validation loss
+rises or stays flat while it learns nothing that Dice sees: the training loss fell by at least
+``min_train_loss_drop`` (its trend since the first validation) while ``val/dice`` never left 0 (its
+best below ``dice_floor``) for a whole window. The warning names the likely cause: over-fitting a
+few training cases when the validation loss rose meanwhile, else a mismatch between the loss and
+the metric. See ``docs/diagnostics.md``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class Assessment:
     dice_change: float | None  # absolute change of the Dice trend over the window
     dice_progress: float | None  # best Dice so far minus the first Dice
     window_full: bool = False
+    rule: str | None = None  # "loss": the loss improves, Dice does not; "train": the training loss falls, Dice stays 0
+    train_change: float | None = None  # relative change of the training loss trend since the first validation
+    val_loss_change: float | None = None  # the same for the validation loss, over that span
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -83,8 +92,14 @@ def assess(
     min_dice_gain: float = 0.01,
     min_dice_progress: float = 0.1,
     min_dice_drop: float = 0.05,
+    train_losses: Sequence[float] | None = None,
+    min_train_loss_drop: float = 0.2,
+    dice_floor: float = 0.01,
 ) -> Assessment:
-    """The divergence verdict for a history of validations (oldest first); see the module docstring."""
+    """The divergence verdict for a history of validations (oldest first); see the module docstring.
+
+    ``train_losses``: the training loss of each validation's epoch (the second rule; None: not judged).
+    """
     n = len(losses)
     if n < 3:
         return Assessment(False, None, None, None, None)
@@ -103,7 +118,21 @@ def assess(
     never_took_off = dice_progress < min_dice_progress
     falling = dice_change <= -min_dice_drop
     diverging = full and loss_improves and dice_stalls and (never_took_off or falling)
-    return Assessment(diverging, corr, loss_change, dice_change, dice_progress, full)
+    train_change = val_loss_change = None
+    flat_at_zero = False
+    if train_losses is not None and len(train_losses) == n:
+        train_change = _relative_change(epochs, train_losses)
+        val_loss_change = _relative_change(epochs, losses)
+        flat_at_zero = full and -train_change >= min_train_loss_drop and max(dices) < dice_floor
+    rule = "loss" if diverging else "train" if flat_at_zero else None
+    return Assessment(diverging or flat_at_zero, corr, loss_change, dice_change, dice_progress, full, rule,
+                      train_change, val_loss_change)
+
+
+def _relative_change(epochs: Sequence[float], values: Sequence[float]) -> float:
+    """The relative change of the least-squares trend of ``values`` from the first to the last point."""
+    first, last = linear_trend(epochs, values)
+    return (last - first) / max(abs(first), abs(last), 1e-12)
 
 
 class DivergenceMonitor(Callback):
@@ -133,12 +162,16 @@ class DivergenceMonitor(Callback):
         min_dice_gain: float = 0.01,
         min_dice_progress: float = 0.1,
         min_dice_drop: float = 0.05,
+        min_train_loss_drop: float = 0.2,
+        dice_floor: float = 0.01,
+        train_loss_key: str = "train/loss_epoch",
         warn: bool = True,
     ):
         if int(window) < 3:
             raise ValueError(f"DivergenceMonitor: window={window} must be at least 3 validations")
         for name, value in (("min_loss_improvement", min_loss_improvement), ("min_dice_gain", min_dice_gain),
-                            ("min_dice_progress", min_dice_progress), ("min_dice_drop", min_dice_drop)):
+                            ("min_dice_progress", min_dice_progress), ("min_dice_drop", min_dice_drop),
+                            ("min_train_loss_drop", min_train_loss_drop), ("dice_floor", dice_floor)):
             if not value >= 0:
                 raise ValueError(f"DivergenceMonitor: {name}={value} must be >= 0")
         self.loss_key, self.metric_key = loss_key, metric_key
@@ -148,9 +181,12 @@ class DivergenceMonitor(Callback):
             min_dice_gain=float(min_dice_gain),
             min_dice_progress=float(min_dice_progress),
             min_dice_drop=float(min_dice_drop),
+            min_train_loss_drop=float(min_train_loss_drop),
+            dice_floor=float(dice_floor),
         )
+        self.train_loss_key = train_loss_key
         self.warn = bool(warn)
-        self.history: dict[str, list[float]] = {"epoch": [], "loss": [], "dice": []}
+        self.history: dict[str, list[float]] = {"epoch": [], "loss": [], "dice": [], "train_loss": []}
         self.warned = False
         self.last: Assessment | None = None
 
@@ -169,7 +205,11 @@ class DivergenceMonitor(Callback):
         self.history["epoch"].append(float(trainer.current_epoch))
         self.history["loss"].append(loss)
         self.history["dice"].append(dice)
-        self.last = assess(self.history["epoch"], self.history["loss"], self.history["dice"], **self.thresholds)
+        train = _epoch_train_loss(pl_module, trainer, self.train_loss_key)
+        if train is not None and len(self.history["train_loss"]) == len(self.history["loss"]) - 1:
+            self.history["train_loss"].append(train)
+        self.last = assess(self.history["epoch"], self.history["loss"], self.history["dice"], **self.thresholds,
+                           train_losses=self.history["train_loss"] or None)
         values = {"diagnostics/loss_metric_divergence": float(self.last.diverging)}
         if self.last.corr is not None:
             values["diagnostics/loss_dice_corr"] = self.last.corr
@@ -184,6 +224,8 @@ class DivergenceMonitor(Callback):
 
     # -- the warning ----------------------------------------------------------------------------
     def message(self, trainer, pl_module) -> str:
+        if self.last.rule == "train":
+            return self.flat_message()
         a, window = self.last, self.thresholds["window"]
         n = min(window, len(self.history["loss"]))
         losses, dices = self.history["loss"][-n:], self.history["dice"][-n:]
@@ -197,6 +239,25 @@ class DivergenceMonitor(Callback):
         lines += [f"  - {hint}" for hint in self.hints(trainer, pl_module)]
         lines.append("  Logged as diagnostics/loss_metric_divergence; see the overlays in TensorBoard's Images tab "
                      "and docs/diagnostics.md. (Printed once per run.)")
+        return "\n".join(lines)
+
+    def flat_message(self) -> str:
+        """The second rule's warning: the training loss falls, the validation Dice never leaves 0."""
+        a, h = self.last, self.history
+        lines = [f"segtrain: warning: the training loss fell {-a.train_change:.1%} over {len(h['dice'])} validations "
+                 f"({h['train_loss'][0]:.4f} -> {h['train_loss'][-1]:.4f}) while {self.metric_key} never left 0 (best "
+                 f"{max(h['dice']):.4f}); {self.loss_key} {'rose' if a.val_loss_change > 0 else 'changed'} "
+                 f"{a.val_loss_change:+.1%} ({h['loss'][0]:.4f} -> {h['loss'][-1]:.4f}).",
+                 "  Likely cause:"]
+        if a.val_loss_change > 0.05:
+            lines.append("  - over-fitting a few training cases: the network learns them, and what it learns does not carry "
+                         "to the validation cases (their loss rises); use more cases, check that training and validation "
+                         "cases look alike (the dataset report, the overlays), keep augment=nnunet")
+        else:
+            lines.append("  - a mismatch between the loss and the metric: the loss improves on something Dice does not "
+                         "see (the background, a class the metric leaves out, an activation the loss does not own); try "
+                         "loss=dice_ce, and compare the overlays with the labels")
+        lines.append("  Logged as diagnostics/loss_metric_divergence; docs/diagnostics.md. (Printed once per run.)")
         return "\n".join(lines)
 
     def hints(self, trainer, pl_module) -> list[str]:
@@ -224,5 +285,15 @@ class DivergenceMonitor(Callback):
         return {"history": {k: list(v) for k, v in self.history.items()}, "warned": self.warned}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.history = {k: list(v) for k, v in state_dict.get("history", self.history).items()}
+        self.history = {**self.history, **{k: list(v) for k, v in state_dict.get("history", {}).items()}}
         self.warned = bool(state_dict.get("warned", False))
+
+
+def _epoch_train_loss(pl_module, trainer, key: str) -> float | None:
+    """The training loss of the epoch the validation ends (its running mean, over every rank); None if unknown."""
+    metric = getattr(pl_module, "train_loss", None)
+    if key == "train/loss_epoch" and metric is not None and getattr(metric, "update_count", 0):
+        value = float(metric.compute())
+        return value if math.isfinite(value) else None
+    value = trainer.callback_metrics.get(key)
+    return float(value) if value is not None else None

@@ -26,6 +26,8 @@ from segtrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+STEPS_PER_EPOCH = 250  # nnU-Net's iterations per epoch (data.patches_per_epoch=auto)
+
 
 def plan_dataset(options: DataOptions, report, spatial_dims: int, model_divisor=None):
     """The ``Plan`` of ``options`` (``data.plan``, explicit ``data.*`` values winning) for a preflight report."""
@@ -256,6 +258,14 @@ class SegmentationDataModule(LightningDataModule):
             return self.augment_batch(batch)
         return batch
 
+    @property
+    def patches_per_epoch(self) -> int:
+        """``data.patches_per_epoch``: a number; ``auto``, nnU-Net's 250 steps of the batch; null, one per training case."""
+        value = self.options.patches_per_epoch
+        if value == "auto":
+            return STEPS_PER_EPOCH * self.batch_size
+        return int(value or len(self.train_cases))
+
     def _items(self, cases: list[dict]) -> list[dict]:
         return [{"image": c["image"] if len(c["image"]) > 1 else c["image"][0], "label": c["label"], "id": c["id"]}
                 for c in cases]
@@ -303,7 +313,7 @@ class SegmentationDataModule(LightningDataModule):
         self.val_set = self._dataset(self.val_cases, val, "val")
 
     def train_dataloader(self):
-        per_epoch = int(self.options.patches_per_epoch or len(self.train_set))
+        per_epoch = self.patches_per_epoch
         dataset = _Repeat(self.train_set, per_epoch, self.seed)
         world, rank = _world()
         workers = self.num_workers

@@ -47,7 +47,7 @@ class DataOptions:
     plan_memory_gb: float
     patch_size: list[int] | None
     batch_size: int | None
-    patches_per_epoch: int | None
+    patches_per_epoch: int | str | None
     max_epochs: int
     pos_fraction: float
     sampling: str
@@ -88,8 +88,11 @@ class DataOptions:
                 raise ConfigError(f"data.patch_size={self.patch_size!r} must be a list of positive sides, or null (planned)")
         for name in ("batch_size", "patches_per_epoch"):
             value = getattr(self, name)
+            if name == "patches_per_epoch" and value == "auto":
+                continue
             if value is not None and (not str(value).isdigit() or int(value) < 1):
-                raise ConfigError(f"data.{name}={value!r} must be a positive integer (or null)")
+                raise ConfigError(f"data.{name}={value!r} must be a positive integer (or null"
+                                  + (", or auto: 250 steps per epoch)" if name == "patches_per_epoch" else ")"))
             setattr(self, name, None if value is None else int(value))
         if not 0.0 <= float(self.pos_fraction) <= 1.0:
             raise ConfigError(f"data.pos_fraction={self.pos_fraction} must lie in [0, 1] (share of patches centred on foreground)")

@@ -17,12 +17,24 @@ from torch import Tensor, nn
 from segtrain.losses.base import SegmentationLoss
 
 
-class DeepSupervisionLoss(nn.Module):
-    """Σ_i w_i·loss(output_i, target), w_i ∝ 1/2^i normalised to sum 1, i = 0 for the main output.
+def output_heads(outputs: Tensor | Sequence[Tensor], target_ndim: int) -> list[Tensor]:
+    """A network's training output as its heads, the main output first.
 
-    MONAI's ``BasicUNetPlusPlus`` returns its heads shallow-first with the main (deepest) output
-    last, so the list is read from the end. Heads of lower resolution are compared with a
-    nearest-neighbour downsampled label map.
+    - one tensor (B, C, *S): one head;
+    - MONAI ``DynUNet`` with deep supervision, in training: one tensor (B, heads, C, *S), main first,
+      every head already upsampled to the output size (one dimension more than the labels (B, 1, *S));
+    - MONAI ``BasicUNetPlusPlus``: a list, shallow heads first, the main (deepest) output last.
+    """
+    if isinstance(outputs, Tensor):
+        return list(outputs.unbind(1)) if outputs.ndim == target_ndim + 1 else [outputs]
+    return list(outputs)[::-1]
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Σ_i w_i·loss(output_i, target), w_i ∝ 1/2^i normalised to sum 1, i = 0 for the main output (nnU-Net's weights).
+
+    The heads come from ``output_heads`` (DynUNet's stacked heads, UNet++'s list). Heads of lower
+    resolution are compared with a nearest-neighbour downsampled label map.
     """
 
     def __init__(self, loss: SegmentationLoss):
@@ -46,9 +58,9 @@ class DeepSupervisionLoss(nn.Module):
         return self.loss.hints()
 
     def forward(self, outputs: Tensor | Sequence[Tensor], target: Tensor, **maps: Tensor) -> Tensor:
-        if isinstance(outputs, Tensor):
-            return self.loss(outputs, target, **maps)
-        heads = list(outputs)[::-1]  # main output first
+        heads = output_heads(outputs, target.ndim)  # the module's labels: (B, 1, *S)
+        if len(heads) == 1:
+            return self.loss(heads[0], target, **maps)
         total = 0.0
         for weight, head in zip(self.weights(len(heads)), heads):
             t, m = target, maps

@@ -53,6 +53,12 @@ TINY_2D = [
 ]
 
 
+def on_user_data(tiny: list[str]) -> list[str]:
+    """A ``TINY_*`` run's settings for ``data=nifti``/``images2d``: without the synthetic generator's keys, and with
+    the tiny U-Net (``model.channels`` is ``model=unet``'s; your data gets nnU-Net's ``dynunet`` by default)."""
+    return ["model=unet", "optim=adamw", *(a for a in tiny if not a.startswith(("data=", "data.synthetic")))]
+
+
 def _entry_points() -> dict[str, str]:
     return {"segtrain": "segtrain.cli:main", "segtrain-predict": "segtrain.cli:predict_main",
             "segtrain-evaluate": "segtrain.cli:evaluate_main", "segtrain-losses": "segtrain.cli:losses_main",
