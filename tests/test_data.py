@@ -257,6 +257,43 @@ def test_folds_partition_the_cases_deterministically(tmp_path, cache_dir):
     assert [c["id"] for c in again.val_cases] == json.loads((tmp_path / "f1" / "split.json").read_text())["val"]
 
 
+def test_folds_are_nnunets_and_a_split_file_is_read():
+    """data.fold holds the cases nnU-Net v2's fold holds (its KFold(5, shuffle, seed 12345) over sorted ids; the values
+    below are scikit-learn's, computed in nnU-Net's venv); data.split_file reads nnU-Net's splits_final.json."""
+    import json
+
+    from segtrain.data.split import nnunet_folds, split_cases
+
+    assert nnunet_folds([f"case{i:02d}" for i in range(7)], 3) == [["case03", "case04", "case06"], ["case00", "case01"],
+                                                                   ["case02", "case05"]]
+    assert sorted(nnunet_folds([f"c{i:03d}" for i in range(34)], 5)[0]) == ["c000", "c003", "c015", "c024", "c025",
+                                                                           "c031", "c033"]
+    ids = [f"case{i:02d}" for i in range(7)]
+    assert split_cases(ids, fold=1, num_folds=3) == (["case02", "case03", "case04", "case05", "case06"], ["case00", "case01"])
+
+
+def test_split_file_gives_the_fold_it_names(tmp_path):
+    import json
+
+    from segtrain.data.split import split_cases
+    from segtrain.errors import ConfigError
+
+    ids = [f"case{i:02d}" for i in range(6)]
+    path = tmp_path / "splits_final.json"
+    path.write_text(json.dumps([{"train": ids[:4], "val": ids[4:]}, {"train": ids[2:], "val": ids[:2]}]))
+    assert split_cases(ids, fold=1, split_file=str(path)) == (ids[2:], ids[:2])
+    with pytest.raises(ConfigError, match="holds 2 folds; choose one with data.fold=0..1"):
+        split_cases(ids, split_file=str(path))
+    with pytest.raises(ConfigError, match="data.fold=3 is not in data.split_file"):
+        split_cases(ids, fold=3, split_file=str(path))
+    path.write_text(json.dumps({"train": ["case00", "nope"], "val": ["case01"]}))
+    with pytest.raises(ConfigError, match="names 1 case\\(s\\) the dataset does not have, e.g. nope"):
+        split_cases(ids, split_file=str(path))
+    path.write_text("not json")
+    with pytest.raises(ConfigError, match="cannot read it as JSON"):
+        split_cases(ids, split_file=str(path))
+
+
 def test_preflight_cache_skips_unchanged_cases(tmp_path, cache_dir, monkeypatch):
     import segtrain.data.preflight as preflight
 

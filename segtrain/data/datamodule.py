@@ -164,7 +164,8 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
         strides=plan.strides,
         kernel_sizes=plan.kernel_sizes,
     )
-    train_ids, val_ids = split_cases([c["id"] for c in listing.cases], options.fold, options.num_folds, options.val_fraction)
+    train_ids, val_ids = split_cases([c["id"] for c in listing.cases], options.fold, options.num_folds, options.val_fraction,
+                                     options.split_file)
     report.notes = [plan.summary(), *_report_notes(options, report, spec, len(train_ids))]
     log.info("%s", report.summary())
     if test_cases:

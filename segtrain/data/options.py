@@ -55,6 +55,7 @@ class DataOptions:
     test_fraction: float
     fold: int | None
     num_folds: int
+    split_file: str | None
     normalize: str | list[str] | None
     orientation: str
     spacing: list[float] | str | None
@@ -118,7 +119,7 @@ class DataOptions:
             self.spacing = values
         if float(self.geometry_tolerance) < 0:
             raise ConfigError(f"data.geometry_tolerance={self.geometry_tolerance} must be >= 0 (voxels)")
-        if self.fold is None and not 0.0 < float(self.val_fraction) < 1.0:
+        if self.fold is None and not self.split_file and not 0.0 < float(self.val_fraction) < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must lie strictly between 0 and 1")
         if not 0.0 <= float(self.test_fraction) < 1.0:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must lie in [0, 1) (0: no held-out test cases)")
