@@ -70,9 +70,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
         check_finite_checkpoint(checkpoint, path)
         try:
             atomic_write(path, lambda handle: torch.save(checkpoint, handle))
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as RuntimeError("... unexpected pos")
             raise CheckpointError(
-                f"cannot write checkpoint {path}: {err.strerror or err}; the previous checkpoint is intact. "
+                f"cannot write checkpoint {path}: {_write_failure(err, path)}; the previous checkpoint is intact. "
                 "Free disk space or choose a writable run directory (hydra.run.dir=DIR), then resume"
             ) from None
 
@@ -117,9 +117,32 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "ckp
     return checkpoint
 
 
+def _write_failure(err: BaseException, path) -> str:
+    """What stopped a checkpoint write, in words: a full disk (with the space left), a size limit, or the OS's reason."""
+    import errno
+    import shutil
+
+    code = getattr(err, "errno", None)
+    text = str(err)
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        free = None
+    if code == errno.ENOSPC or "No space left" in text or (isinstance(err, RuntimeError) and free is not None and free < 2**20):
+        return f"the disk is full ({free / 2**20:.1f} MiB free)" if free is not None else "the disk is full"
+    if code == errno.EFBIG or "File too large" in text:
+        return "the file exceeds the size this process may write (ulimit -f, or a quota)"
+    if isinstance(err, OSError):
+        return err.strerror or _first_line(err)
+    return f"the write failed ({_first_line(err)})"
+
+
 def _first_line(err: BaseException) -> str:
+    """The error's first sentence, whole (torch's long advice after it is left out rather than cut mid-word)."""
     text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:160]
+    line = text.splitlines()[0] if text else type(err).__name__
+    sentence = line.split(". ", 1)[0].rstrip(".")
+    return sentence if len(sentence) <= 240 else sentence[:sentence.rfind(" ", 0, 240)] + " ..."
 
 
 # -- generator states -------------------------------------------------------------------------------

@@ -27,14 +27,36 @@ def config_dir() -> str:
     return str(packaged if packaged.is_dir() else source)
 
 
+def _quiet_writer_threads(previous):
+    """``threading.excepthook`` that leaves TensorBoard's event-writer thread alone: its failure (a full disk)
+    is raised again in the training thread at the next write, which ends the run with one line; the thread's
+    own traceback would only repeat it. Every other thread's exception goes to ``previous``."""
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+
+    hook.segtrain = True
+    return hook
+
+
 def quiet_known_warnings() -> None:
     """Third-party warnings that say nothing actionable to a segtrain user (matched narrowly)."""
+    import threading
+
+    if not getattr(threading.excepthook, "segtrain", False):
+        threading.excepthook = _quiet_writer_threads(threading.excepthook)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*", module=r"lightning")
     warnings.filterwarnings("ignore", message=r"Num foregrounds 0, Num backgrounds", module=r"monai")
     # 2D prediction: nothing to invert (no resampling or reorientation of PNGs); the prediction is written as is
     warnings.filterwarnings("ignore", message=r"inverse has been called but no invertible transforms", module=r"monai")
     warnings.filterwarnings("ignore", message=r".*The number of training batches .* is smaller than the logging interval.*")
+    # A SLURM login node has srun: a run started there without it is a local run, not a forgotten `srun`
+    # (SLURM runs go through trainer=slurm and sbatch/srun, docs/reliability.md#slurm).
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used",
+                            module=r"lightning")
     # A resumed run writes into its own checkpoint folder on purpose.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", module=r"lightning")
     # a NaN loss fed to torchmetrics' mean: the non-finite guard reports it in one line (docs/reliability.md)
@@ -69,8 +91,9 @@ def _run_folder_is_new(output_dir: Path) -> bool:
     return output_dir.is_dir() and {p.name for p in output_dir.iterdir()} <= {".hydra", "train.log"}
 
 
-def _discard_run_folder(output_dir: Path) -> None:
-    """A run refused before training leaves nothing behind: its new folder goes, or a resume's launch record."""
+def _discard_run_folder(output_dir: Path, log_dir: Path | None = None) -> None:
+    """A run refused before training leaves nothing behind: its new folder goes (with the folders above it up to
+    ``log_dir`` that it leaves empty, such as ``train/runs/``), or a resume's launch record."""
     import shutil
 
     from segtrain.resume import discard_launch_record
@@ -78,6 +101,14 @@ def _discard_run_folder(output_dir: Path) -> None:
     discard_launch_record()
     if output_dir.is_dir():
         shutil.rmtree(output_dir, ignore_errors=True)
+    top = log_dir.resolve() if log_dir is not None else None
+    parent = output_dir.resolve().parent
+    while top is not None and parent != top and top in parent.parents:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+        parent = parent.parent
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -85,16 +116,28 @@ def _train_app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from segtrain.callbacks.sweep import clear_failure
-    from segtrain.resume import resume_in_place
-    from segtrain.errors import ConfigError, RunInterrupted
-    from segtrain.train import train
-
     quiet_known_warnings()
     overrides = _typed_overrides if _typed_overrides is not None else list(HydraConfig.get().overrides.task)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     new_folder = _run_folder_is_new(output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    lock = _lock_run_folder(output_dir, cfg, in_sweep)
+    if lock is False:
+        return None  # a run of a sweep whose folder another process holds: it is that process's run
+    try:
+        return _run(cfg, overrides, output_dir, new_folder, in_sweep)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: DictConfig, overrides: list[str], output_dir: Path, new_folder: bool, in_sweep: bool) -> float | None:
+    """One run in its (locked) folder: train, and turn what ends it into the exit code or the sweeper's value."""
+    from segtrain.callbacks.sweep import clear_failure
+    from segtrain.errors import ConfigError, RunInterrupted
+    from segtrain.resume import resume_in_place
+    from segtrain.train import train
+
     if in_sweep:
         clear_failure(output_dir)
     # A sweep's run whose folder holds a checkpoint resumes it; so do the DDP workers Lightning starts for it.
@@ -110,7 +153,7 @@ def _train_app(cfg: DictConfig) -> float | None:
             return _failed_in_sweep(output_dir, getattr(err, "exit_code", 2), f"{getattr(err, 'label', 'error')}: {err}")
         if getattr(err, "before_training", False):
             if new_folder:
-                _discard_run_folder(output_dir)
+                _discard_run_folder(output_dir, Path(cfg.paths.log_dir))
             else:
                 from segtrain.resume import discard_launch_record
 
@@ -137,6 +180,25 @@ def _train_app(cfg: DictConfig) -> float | None:
         logging.getLogger("segtrain").warning("segtrain: optimized_metric %s is %s: the sweeper records no value", metric, value)
         return None
     return value
+
+
+def _lock_run_folder(output_dir: Path, cfg: DictConfig, in_sweep: bool):
+    """The run folder's lock for this run (held until the process ends; ``segtrain.run_folder``): the lock, None
+    when another process of this run holds it (DDP workers), False for a sweep run whose folder is in use."""
+    from segtrain.errors import ConfigError
+    from segtrain.run_folder import RunFolderLock, takes_the_lock
+
+    devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes") or 1
+    world = int(devices) * int(nodes) if isinstance(devices, int) and devices > 0 else None
+    if not takes_the_lock(world):
+        return None
+    try:
+        return RunFolderLock(output_dir).acquire()
+    except ConfigError as err:
+        if in_sweep:
+            print(f"segtrain: error: {err}", file=sys.stderr)
+            return False
+        fail(err)  # the folder is the other run's: nothing of it is removed
 
 
 def _failed_in_sweep(output_dir: Path, exit_code: int, line: str) -> None:

@@ -2,7 +2,8 @@
 
 Exit codes (docs/reliability.md):
 
-- 2: bad input, found before training (configuration, data, checkpoint, run directory, disk).
+- 2: bad input, found before training (configuration, data, checkpoint, run directory, disk); also a full
+  disk while the run writes (its last checkpoint is kept).
 - 3: training stopped on non-finite values (NaN/Inf loss, gradients or weights).
 - 128 + signal number: stopped by a signal after saving a resumable checkpoint
   (130 Ctrl-C/SIGINT, 138 SIGUSR1, 143 SIGTERM), as shells report a process killed by that signal.
@@ -26,6 +27,10 @@ class ConfigError(SegtrainError, ValueError):
 
 class CheckpointError(SegtrainError, ValueError):
     """A checkpoint that cannot be read or written safely: the message names the file."""
+
+
+class StorageError(SegtrainError, OSError):
+    """The run folder's disk is full (or a size limit is reached) while the run writes: exit 2, the last checkpoint kept."""
 
 
 class NonFiniteError(SegtrainError):

@@ -79,6 +79,7 @@ class SegmentationModule(LightningModule):
         self.summarised_epoch = -1  # the last epoch whose train/* values went to the loggers
         self.step_loss: Tensor | None = None  # the last training step's loss, on the device
         self._auto_schedule: dict[str, int] = {}
+        self._resumed = False  # restored from a checkpoint: its optimiser follows this run's config (on_train_start)
         self.print_epoch_summary = True
         self._header_printed = False
         # Flat run parameters for the HParams tab (saved in checkpoints too).
@@ -290,6 +291,7 @@ class SegmentationModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         from segtrain.checkpoints import restore_rng_states
 
+        self._resumed = True
         self.best_metrics = dict(checkpoint.get("segtrain_best_metrics", {}))
         state = checkpoint.get("segtrain_state", {})
         self.summarised_epoch = int(state.get("summarised_epoch", -1))
@@ -314,28 +316,37 @@ class SegmentationModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
     def on_train_start(self) -> None:
-        """After a resume: a schedule whose length follows the run is stretched to the run's new length.
+        """After a resume: the optimiser and its schedule follow the run's config, not the checkpoint's.
 
-        Lightning restores the scheduler of the checkpoint, whose length is that of the old run: a
-        finished run continued with more epochs would train at its final learning rate (0 for the
-        poly schedule). The learning rate is set from the schedule's closed form at the current step.
+        Lightning restores the optimizer and scheduler with their hyper-parameters: a learning rate (or
+        weight decay, momentum, schedule power, ...) changed with ``resume.allow_changes=true`` would be
+        announced and ignored, and a schedule whose length follows the run would keep the old length (a
+        finished run continued with more epochs would train at its final rate, 0 for the poly schedule).
+        ``segtrain.optim.apply_to_restored`` rebuilds them, keeping the moments and the schedule's position.
         """
-        for config in self.trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            changed = {k: v for k, v in self._auto_schedule.items() if getattr(scheduler, k, v) != v}
-            if not changed:
-                continue
-            old = {k: getattr(scheduler, k) for k in changed}
-            for key, value in changed.items():
-                setattr(scheduler, key, value)
-            if hasattr(scheduler, "_get_closed_form_lr"):
-                rates = scheduler._get_closed_form_lr()
-                for group, rate in zip(scheduler.optimizer.param_groups, rates):
-                    group["lr"] = rate
-                scheduler._last_lr = list(rates)
+        if not self._resumed or not self.trainer.optimizers:
+            return
+        from segtrain.optim import apply_to_restored
+
+        configs = self.trainer.lr_scheduler_configs
+        optimizer = self.trainer.optimizers[0]
+        changes = apply_to_restored(optimizer, configs[0].scheduler if configs else None, self.optimizer_factory,
+                                    self.scheduler_factory, self._auto_schedule)
+        if changes:
             unit = "steps" if self.scheduler_interval == "step" else "epochs"
-            log.info("segtrain: the learning-rate schedule now spans %s %s (was %s) for the new run length",
-                     max(changed.values()), unit, max(old.values()))
+            shown = [_describe_change(change, unit) for change in changes]
+            log.info("segtrain: the resumed run follows its config: %s; learning rate now %.4g", "; ".join(shown),
+                     optimizer.param_groups[0]["lr"])
+
+
+def _describe_change(change: str, unit: str) -> str:
+    """``schedule total_iters 16 → 32`` reads as ``the schedule now spans 32 steps (was 16)``."""
+    for key in ("total_iters", "T_max"):
+        if change.startswith(f"schedule {key} "):
+            old, new = change[len(f"schedule {key} "):].split(" → ")
+            return f"the schedule now spans {new} {unit} (was {old})"
+    return change
+
 
 def _as_tensor(x: Tensor) -> Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else x

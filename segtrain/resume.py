@@ -160,7 +160,12 @@ def discard_launch_record() -> None:
     except ValueError:
         return
     if str(hydra_cfg.output_subdir or "").startswith(".hydra/resumed/"):
-        shutil.rmtree(Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir, ignore_errors=True)
+        record = Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir
+        shutil.rmtree(record, ignore_errors=True)
+        try:
+            record.parent.rmdir()  # .hydra/resumed/ itself, when this was its only record
+        except OSError:
+            pass
 
 
 def user_overrides(argv: list[str]) -> list[str]:
@@ -221,9 +226,15 @@ def resumed_config(cfg: DictConfig, run_config: dict, overrides: list[str], grou
     resolved_old = OmegaConf.create(run_config["config"])
     changes = []
     for path in sorted(p for p in touched if _learned(p)):
-        old, new = _value(resolved_old, path), _value(merged, path)
-        if old != new:
-            changes.append(f"{path} ({_short(old)} → {_short(new)})")
+        changes += [f"{key} ({_short(old)} → {_short(new)})" for key, old, new in _leaf_changes(
+            path, _value(resolved_old, path), _value(merged, path)) if _learned(key)]
+    kept = [c for c in changes if c.split(" ", 1)[0] in FIXED_ON_RESUME]
+    if kept:
+        raise ConfigError(
+            f"resume: {', '.join(kept)}: a resumed run keeps its optimiser and schedule kinds (the optimizer's moments "
+            "and the schedule's position belong to them); their settings (lr, weight_decay, momentum, power, ...) may "
+            "change with resume.allow_changes=true, or start a new run"
+        )
     allow = bool(OmegaConf.select(cfg, "resume.allow_changes", default=False))
     if changes and not allow:
         raise ConfigError(
@@ -233,6 +244,21 @@ def resumed_config(cfg: DictConfig, run_config: dict, overrides: list[str], grou
     if changes:
         log.warning("segtrain: resume.allow_changes=true: the resumed run learns with %s", ", ".join(changes))
     return merged, changes
+
+
+FIXED_ON_RESUME = ("optim.optimizer._target_", "optim.scheduler._target_", "optim.scheduler", "optim.interval")
+
+
+def _leaf_changes(path: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """The keys that differ between two values of ``path``, as leaves: a changed group (``loss=dice`` for a
+    Tversky run) reads ``loss.name (tversky → dice), loss.alpha (0.3 → absent)``, not two cut-off dicts. A
+    node that appears or disappears (``optim.scheduler=null``) is one change."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _leaf_changes(f"{path}.{key}", old.get(key, "<absent>"), new.get(key, "<absent>"))
+        return out
+    return [(path, old, new)] if old != new else []
 
 
 def _short(value: Any) -> str:

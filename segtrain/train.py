@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -206,6 +207,20 @@ def build_loss_from_config(loss_cfg: DictConfig):
         raise ConfigError(" ".join(str(err).split())) from None
 
 
+def check_run_length(cfg: DictConfig, checkpoint: dict | None) -> None:
+    """The run has an end its schedule can span, and a resumed run has epochs left to train."""
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
+    scheduler = cfg.optim.get("scheduler")
+    follows_run = scheduler is not None and any(k in scheduler and scheduler[k] is None for k in ("total_iters", "T_max"))
+    if max_epochs == -1 and (max_steps is None or max_steps == -1) and follows_run:
+        raise ConfigError("trainer.max_epochs=-1 (no limit) gives the learning-rate schedule no end (its length follows the "
+                          "run); set trainer.max_steps=N or trainer.max_epochs=N, or optim.scheduler=null for a constant rate")
+    if checkpoint is not None and isinstance(max_epochs, int) and max_epochs >= 0 and checkpoint.get("epoch", 0) >= max_epochs:
+        epoch = int(checkpoint["epoch"])
+        raise ConfigError(f"trainer.max_epochs={max_epochs}: the run's checkpoint is at epoch {epoch} (counted from 0), so "
+                          f"no epoch is left to train; give more to continue it (e.g. trainer.max_epochs={epoch + 2})")
+
+
 def check_loss(loss, spec) -> None:
     """One call of the loss on a tiny batch of the run's shape (classes, dimensions), before the first step.
 
@@ -286,17 +301,28 @@ def check_model_fits(cfg: DictConfig, checkpoint: dict) -> None:
 
 
 def check_same_cases(cfg: DictConfig, checkpoint: dict, data) -> None:
-    """A resumed run trains and validates on the cases of its checkpoint (``resume.allow_changes`` overrides)."""
+    """A resumed run trains and validates on the cases of its checkpoint (``resume.allow_changes`` overrides).
+
+    The split itself is the checkpoint's (``build_datamodule(split=...)``); what can differ is the dataset: the
+    message names the cases that went missing or came new, not the differences of a recomputed split.
+    """
     stored = checkpoint["segtrain"].get("split") or {}
-    for part, cases in (("train", data.train_cases), ("val", data.val_cases)):
-        if part not in stored:
-            continue
-        old, new = set(stored[part]), {c["id"] for c in cases}
-        if old != new and not OmegaConf.select(cfg, "resume.allow_changes", default=False):
-            raise ConfigError(
-                f"resume: the {part} cases differ from the run's ({len(new - old)} new, {len(old - new)} missing, e.g. "
-                f"{sorted(new ^ old)[0]}); resume with the run's data, or add resume.allow_changes=true"
-            )
+    if "train" not in stored or OmegaConf.select(cfg, "resume.allow_changes", default=False):
+        return
+    old = set(stored.get("train", [])) | set(stored.get("val", []))
+    now = {c["id"] for c in data.train_cases} | {c["id"] for c in data.val_cases}
+    missing, new = sorted(old - now), sorted(now - old)
+    if missing or new:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} case{'s' if len(missing) > 1 else ''} of the run "
+                         f"{'are' if len(missing) > 1 else 'is'} missing from the dataset now: {', '.join(missing[:5])}"
+                         f"{', ...' if len(missing) > 5 else ''}")
+        if new:
+            parts.append(f"{len(new)} case{'s' if len(new) > 1 else ''} the run did not have "
+                         f"{'are' if len(new) > 1 else 'is'} in it: {', '.join(new[:5])}{', ...' if len(new) > 5 else ''}")
+        raise ConfigError(f"resume: {'; '.join(parts)}; resume with the run's data, or add resume.allow_changes=true "
+                          "(the run then continues on the dataset as it is, split anew)")
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
@@ -367,9 +393,11 @@ def prepare(cfg: DictConfig, overrides: list[str], started: float | None = None)
     ScoreSettings.from_config(cfg.get("evaluation"))  # evaluation.* checked before preflight, used after training
     augmentation = build_augmentation(cfg.get("augment"))
     trainer = build_trainer(cfg, started)  # trainer settings (devices, precision, strategy) checked before preflight
+    check_run_length(cfg, checkpoint)
     # preflight: every case validated before training
     data = build_datamodule(cfg.data, output_dir, label_maps=loss.label_maps, seed=cfg.seed,
-                            model_divisor=fixed_divisor(cfg.model, 3), augmentation=augmentation)
+                            model_divisor=fixed_divisor(cfg.model, 3), augmentation=augmentation,
+                            split=checkpoint["segtrain"].get("split") if checkpoint is not None else None)
     data.use_device(training_device(trainer, cfg.trainer), trainer.num_devices)
     if checkpoint is not None:
         check_same_cases(cfg, checkpoint, data)
@@ -393,6 +421,30 @@ def prepare(cfg: DictConfig, overrides: list[str], started: float | None = None)
     for logger in trainer.loggers:  # HParams: every parameter, best and final val/dice, val/iou, val/loss
         logger.log_hyperparams(module.hparams["run"], metrics={name: float("nan") for name in hparam_metric_names()})
     return cfg, data, module, trainer
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def storage_error(err: OSError, trainer):
+    """A full disk (or quota, or file-size limit) while the run writes events, logs or checkpoints: one line."""
+    import shutil
+
+    from segtrain.callbacks.checkpoint import RunCheckpoint
+    from segtrain.errors import StorageError
+
+    where = Path(err.filename) if err.filename else Path(trainer.default_root_dir)
+    try:
+        free = f"{shutil.disk_usage(where if where.is_dir() else where.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    reason = {errno.ENOSPC: f"the disk is full ({free})", errno.EDQUOT: "the disk quota is used up",
+              errno.EFBIG: "a file exceeds the size this process may write (ulimit -f)"}[err.errno]
+    last = next((c.last_path for c in trainer.checkpoint_callbacks if isinstance(c, RunCheckpoint) and c.last_path.is_file()),
+                None)
+    kept = f"its last checkpoint is intact ({last})" if last else "it had written no checkpoint yet"
+    return StorageError(f"cannot write {where}: {reason}; the run stopped and {kept}. Free disk space, then resume it "
+                        f"(segtrain resume={trainer.default_root_dir})")
 
 
 def recipe_summary(cfg: DictConfig, module, data) -> str:
@@ -442,6 +494,10 @@ def _fit(trainer, module, data, ckpt_path) -> None:
 
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except OSError as err:
+        if err.errno not in FULL_DISK:
+            raise
+        raise storage_error(err, trainer) from None
     except SIGTERMException:  # SIGTERM before segtrain's own handler was in place (before the first step)
         raise RunInterrupted("SIGTERM before the first training step; nothing new to save", signal.SIGTERM) from None
     except SystemExit:  # Lightning exits after a KeyboardInterrupt: a second Ctrl-C

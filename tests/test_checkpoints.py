@@ -110,7 +110,7 @@ def test_checkpoint_io_full_disk_is_one_line_and_keeps_the_previous_file(tmp_pat
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(CheckpointError) as info:
         io.save_checkpoint(_segtrain_checkpoint(), path)
-    assert "No space left on device; the previous checkpoint is intact" in str(info.value)
+    assert "the disk is full" in str(info.value) and "; the previous checkpoint is intact" in str(info.value)
     assert "\n" not in str(info.value)
     monkeypatch.undo()
     assert read_checkpoint(path)["state_dict"]["net.w"].sum() == 3
@@ -363,6 +363,25 @@ def test_resumed_config_keeps_the_run_and_refuses_learned_changes(cache_dir, tmp
     assert merged.loss.alpha == 0.5 and merged.loss.name == "tversky" and changes == ["loss.alpha (0.3 → 0.5)"]
     with pytest.raises(ConfigError, match="experiment=small_lesions: a preset cannot be applied to a resumed run"):
         resumed_config(compose(["experiment=small_lesions"], cache_dir=cache_dir), stored, ["experiment=small_lesions"], groups)
+
+
+def test_a_write_that_torch_reports_as_runtime_error_is_one_checkpoint_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """A full disk surfaces from torch.save as RuntimeError('... unexpected pos ...'), not OSError."""
+    from segtrain.checkpoints import SafeCheckpointIO
+
+    io = SafeCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
+    before = path.read_bytes()
+
+    def failing_save(obj, handle, *args, **kwargs):
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4224 vs 4118")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last.ckpt: .*; the previous checkpoint is intact"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(2)}}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 # -- the non-finite guard -------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_resume_takes_the_run_config_and_refuses_a_different_loss(tmp_path, cach
     run = _copy(tversky_run, tmp_path)
     before = (run / ".hydra" / "config.yaml").read_text()
     line = one_error_line(run_cli([f"resume={run}", "loss=dice"], tmp_path, cache_dir), 2)
-    assert "loss (" in line and "would change what the run learns" in line and "resume.allow_changes=true" in line
+    assert "loss.name (tversky → dice)" in line and "would change what the run learns" in line and "resume.allow_changes=true" in line
     line = one_error_line(run_cli([f"resume={run}", "loss.alpha=0.7"], tmp_path, cache_dir), 2)
     assert "loss.alpha (0.3 → 0.7)" in line
     assert (run / ".hydra" / "config.yaml").read_text() == before  # the first launch's record is kept

@@ -505,6 +505,32 @@ def test_equals_monai(ours, theirs, channels, dims):
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
+def test_generalized_dice_with_a_tiny_smooth_and_no_kept_class_is_monais_zero():
+    """MONAI's own case (tests/test_generalized_dice_loss.py): include_background=False, smooth 1e-8 for numerator
+    and denominator, no foreground in the target: the loss is 0 (s / s). A floor at EPS used to make it 0.9."""
+    from monai.losses import GeneralizedDiceLoss as MonaiGDL
+
+    probs = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]])
+    target = torch.zeros(2, 1, 3, dtype=torch.long)
+    theirs = MonaiGDL(include_background=False, to_onehot_y=True, smooth_nr=1e-8, smooth_dr=1e-8)(probs, target)
+    ours = build_loss("generalized_dice", include_background=False, smooth=1e-8)(torch.log(probs.clamp_min(1e-6))[..., None], target[..., None])
+    assert float(theirs) == pytest.approx(0.0, abs=1e-6) and float(ours) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dice", "iou", "tversky", "generalized_dice"])
+@pytest.mark.parametrize("smooth", [1e-12, 1e-8, 1e-3])
+def test_a_class_empty_in_prediction_and_label_scores_one_whatever_the_smooth(name, smooth):
+    """Every overlap index of an empty class is s / s = 1 (loss 0) for any smooth > 0, however far below EPS;
+    with smooth = 0 it stays finite (0 / EPS)."""
+    logits = torch.full((1, 2, 4, 4), -80.0)
+    logits[:, 0] = 80.0  # background everywhere: the foreground probability underflows to exactly 0
+    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    params = {"include_background": False, **({"alpha": 0.5} if name == "tversky" else {})}
+    assert float(build_loss(name, smooth=smooth, **params)(logits, target)) == pytest.approx(0.0, abs=1e-6)
+    assert math.isfinite(float(build_loss(name, smooth=0.0, **({"alpha": 0.5} if name == "tversky" else {}),
+                                          include_background=False)(logits, target)))
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("channels", [1, 2, 3])
 @pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (None, 1.0), (0.6, 0.0)])

@@ -30,6 +30,7 @@ all-reduce per step; the signal is forwarded to the worker processes Lightning s
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -159,7 +160,8 @@ class GracefulStop(Checkpoint):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
-        crash = not isinstance(exception, (SegtrainError, KeyboardInterrupt, SystemExit))
+        full_disk = isinstance(exception, OSError) and exception.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        crash = not isinstance(exception, (SegtrainError, KeyboardInterrupt, SystemExit)) and not full_disk
         between_steps = not (self._in_step or self._in_validation)
         if crash and between_steps and trainer.world_size == 1 and trainer.global_step > 0:
             try:
@@ -201,8 +203,11 @@ def request_requeue() -> str | None:
         log.warning("segtrain: scontrol requeue %s failed (%s); resume by hand: segtrain resume=<run dir>", job, err)
         return None
     if result.returncode != 0:
+        said = (result.stderr or result.stdout).strip()
+        if "pending execution" in said.lower():  # SLURM requeued it already (a preemption, or scontrol requeue)
+            return job
         log.warning("segtrain: scontrol requeue %s failed (exit %d: %s); resume by hand: segtrain resume=<run dir>",
-                    job, result.returncode, (result.stderr or result.stdout).strip()[:200])
+                    job, result.returncode, said[:200])
         return None
     log.warning("segtrain: requeued SLURM job %s (scontrol requeue)", job)
     return job

@@ -90,7 +90,8 @@ def _total_memory() -> int | None:
 
 
 def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict | None = None,
-                     seed: int = 0, model_divisor=None, augmentation=None) -> SegmentationDataModule:
+                     seed: int = 0, model_divisor=None, augmentation=None,
+                     split: dict | None = None) -> SegmentationDataModule:
     """Resolve the dataset of ``cfg`` (generating the synthetic one if asked), run preflight, plan, split it.
 
     ``cfg``: the ``data`` config or a ``DataOptions``.
@@ -102,6 +103,7 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
     ``augmentation``: an ``augment.Augmentation`` (``None``: mirroring only).
     ``model_divisor``: per axis, the patch multiple a network with fixed down-sampling needs (see
     ``models.fixed_divisor``); ``None``: the network takes the planned strides. Writes ``plan.json`` too.
+    ``split``: a resumed run's own ``{"train": [...], "val": [...]}``, kept when the dataset holds exactly its cases.
 
     Raises:
         DataError: the dataset is missing, empty or fails preflight (one line naming the file and the fix).
@@ -118,7 +120,11 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
     options = DataOptions.from_config(cfg)
     root = options.root
     if options.synthetic:
-        root = ensure_synthetic(options.cache_dir, options.synthetic)
+        try:
+            root = ensure_synthetic(options.cache_dir, options.synthetic)
+        except OSError as err:  # a read-only or misplaced cache; users' data only warns (its caches are optional)
+            raise ConfigError(f"cannot write the synthetic dataset into {options.cache_dir} (paths.cache_dir): "
+                              f"{err.strerror or err}; set SEGTRAIN_CACHE_DIR (or paths.cache_dir) to a writable folder") from None
     listing = list_cases(root, options.layout)
     spatial_dims = 2 if listing.layout == "images2d" else 3
     test_cases = list_test_cases(listing)  # imagesTs/ + labelsTs/ win over data.test_fraction
@@ -164,8 +170,11 @@ def build_datamodule(cfg, output_dir: str | Path | None = None, label_maps: dict
         strides=plan.strides,
         kernel_sizes=plan.kernel_sizes,
     )
-    train_ids, val_ids = split_cases([c["id"] for c in listing.cases], options.fold, options.num_folds, options.val_fraction,
-                                     options.split_file)
+    ids = [c["id"] for c in listing.cases]
+    if split and set(split.get("train", [])) | set(split.get("val", [])) == set(ids):
+        train_ids, val_ids = sorted(split["train"]), sorted(split["val"])  # a resume keeps its split
+    else:
+        train_ids, val_ids = split_cases(ids, options.fold, options.num_folds, options.val_fraction, options.split_file)
     report.notes = [plan.summary(), *_report_notes(options, report, spec, len(train_ids))]
     log.info("%s", report.summary())
     if test_cases:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from segtrain.losses.inputs import LossInputs
 from segtrain.losses.soft_counts import RegionStats, soft_counts
 
-EPS = 1e-7  # floor of every ratio's denominator (as segmentation_models_pytorch): smooth=0 on an empty class stays finite
+EPS = 1e-7  # floor of a ratio's denominator when smooth=0 (as segmentation_models_pytorch): an empty class stays finite
 
 __all__ = ["EPS", "LossInputs", "ModuleLoss", "RegionLoss", "RegionStats", "SegmentationLoss"]
 
@@ -130,6 +130,16 @@ class RegionLoss(SegmentationLoss):
         self.smooth = self._check_range("smooth", smooth, low=0.0)
         self.include_background = self._check_bool("include_background", include_background)
         self.batch = self._check_bool("batch", batch)
+
+    def ratio(self, numerator: Tensor, denominator: Tensor) -> Tensor:
+        """``numerator / denominator`` of an overlap index whose denominator holds ``smooth``.
+
+        With ``smooth > 0`` the denominator is at least ``smooth``, so the plain quotient is finite and
+        exact: an empty class (both sums 0) scores s / s = 1 however small ``s`` is (MONAI's convention).
+        With ``smooth = 0`` the denominator is floored at ``EPS``, so an empty class scores 0 / EPS = 0
+        instead of NaN. (Flooring a positive smooth too turned s / s into s / EPS: 0.1 for s = 1e-8.)
+        """
+        return numerator / (denominator if self.smooth > 0 else denominator.clamp_min(EPS))
 
     def region_stats(self, inputs: LossInputs, power: int = 1) -> RegionStats:
         """``TP``, ``Σpᵖᵒʷᵉʳ`` and ``Σg`` per (sample, kept class), float32; (B, K) or, with ``batch``, (1, K)."""

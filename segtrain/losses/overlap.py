@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from segtrain.losses.base import EPS, LossInputs, RegionLoss
+from segtrain.losses.base import LossInputs, RegionLoss
 from segtrain.losses.soft_counts import safe_pow
 from segtrain.losses.registry import register
 
@@ -41,7 +41,7 @@ class DiceLoss(RegionLoss):
         """Soft Dice per (sample, kept class): (2·TP + s) / (Σpᵏ + Σg + s)."""
         tp, sum_p, sum_g = self.region_stats(inputs, power=2 if self.squared else 1)
         # g is 0/1 so Σg² = Σg.
-        return (2 * tp + self.smooth) / (sum_p + sum_g + self.smooth).clamp_min(EPS)
+        return self.ratio(2 * tp + self.smooth, sum_p + sum_g + self.smooth)
 
     def compute(self, inputs: LossInputs) -> Tensor:
         return (1 - self.dice_score(inputs)).mean()
@@ -64,7 +64,7 @@ class IoULoss(RegionLoss):
 
     def compute(self, inputs: LossInputs) -> Tensor:
         tp, sum_p, sum_g = self.region_stats(inputs)
-        return (1 - (tp + self.smooth) / (sum_p + sum_g - tp + self.smooth).clamp_min(EPS)).mean()
+        return (1 - self.ratio(tp + self.smooth, sum_p + sum_g - tp + self.smooth)).mean()
 
 
 @register("tversky")
@@ -104,7 +104,7 @@ class TverskyLoss(RegionLoss):
     def tversky_index(self, inputs: LossInputs) -> Tensor:
         stats = self.region_stats(inputs)
         tp = stats.tp
-        return (tp + self.smooth) / (tp + self.alpha * stats.fp + self.beta * stats.fn + self.smooth).clamp_min(EPS)
+        return self.ratio(tp + self.smooth, tp + self.alpha * stats.fp + self.beta * stats.fn + self.smooth)
 
     def compute(self, inputs: LossInputs) -> Tensor:
         return (1 - self.tversky_index(inputs)).mean()
@@ -182,8 +182,8 @@ class SensitivitySpecificityLoss(RegionLoss):
             foreground, background = foreground.sum(0), background.sum(0)
             sum_g, sum_not_g = sum_g.sum(0), sum_not_g.sum(0)
         w = self.sensitivity_weight
-        return (w * foreground / (sum_g + self.smooth).clamp_min(EPS)
-                + (1 - w) * background / (sum_not_g + self.smooth).clamp_min(EPS)).mean()
+        return (w * self.ratio(foreground, sum_g + self.smooth)
+                + (1 - w) * self.ratio(background, sum_not_g + self.smooth)).mean()
 
 
 @register("generalized_dice")
@@ -214,5 +214,4 @@ class GeneralizedDiceLoss(RegionLoss):
         w = torch.where(present, 1.0 / sum_g.clamp_min(1.0).square(), 0.0)
         w = torch.where(present, w, w.amax(dim=1, keepdim=True))  # absent classes: the largest present weight
         numerator = 2 * (w * tp).sum(1) + self.smooth
-        denominator = ((w * (sum_p + sum_g)).sum(1) + self.smooth).clamp_min(EPS)
-        return (1 - numerator / denominator).mean()
+        return (1 - self.ratio(numerator, (w * (sum_p + sum_g)).sum(1) + self.smooth)).mean()
