@@ -92,8 +92,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "ckp
         raise CheckpointError(f"{where}: no such checkpoint; give <run dir>/checkpoints/last.ckpt, or resume=<run dir>")
     if not path.is_file():
         raise CheckpointError(f"{where} is not a file; give a .ckpt file, or resume=<run dir> for a run folder")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{where} is empty (a write that never finished?); use another checkpoint of the run")
+    not_one = file_problem(path)
+    if not_one:
+        raise CheckpointError(f"{where} {not_one}")
     try:  # memory-mapped: reading the config of a large checkpoint does not pull its tensors into memory
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
@@ -115,6 +116,32 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", key: str = "ckp
         raise CheckpointError(f"{where} is not a segtrain checkpoint (no weights with the run config); "
                               "use best.ckpt or last.ckpt from a segtrain run directory")
     return checkpoint
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
+
+
+def file_problem(path: Path) -> str | None:
+    """What a file is when it cannot be a checkpoint, from its first bytes (no torch needed); None when it may be one."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+    if not head:
+        return "is empty (a write that never finished?); use another checkpoint of the run"
+    if head.startswith(ZIP_MAGIC):
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        return (f"is a text file, not a checkpoint (it begins {first!r}); give a .ckpt file from a run's checkpoints/ "
+                "folder (best.ckpt or last.ckpt)")
+    return ("is not a zip archive, so not a PyTorch checkpoint (torch saves checkpoints as zip archives); give a .ckpt "
+            "file from a run's checkpoints/ folder (best.ckpt or last.ckpt)")
 
 
 def _write_failure(err: BaseException, path) -> str:

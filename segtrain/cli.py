@@ -261,6 +261,71 @@ def user_config_dirs_on_path(argv: list[str]) -> None:
             sys.path.insert(0, str(folder))
 
 
+HELP = """usage: segtrain [key=value ...]            train (the default: a small 3D U-Net on built-in data, about a minute)
+       segtrain -m key=a,b ...               a sweep: one run per value (Hydra multirun)
+       segtrain resume=<run dir> [key=value]  continue a run in its own folder, with its own config
+
+Config groups (group=option; {folders}):
+{groups}
+
+  (your data, data=nifti or data=images2d, switches to augment=nnunet model=dynunet optim=sgd: nnU-Net's)
+
+Common settings:
+  data.root=DIR                 your dataset (data=nifti: MSD or nnU-Net v2 layout; data=images2d: images/ + labels/)
+  loss.<param>=V                any parameter of the loss (segtrain-losses <name> lists them, with the formula)
+  trainer.<arg>=V               any Lightning Trainer argument: trainer.devices=4, trainer.precision=bf16-mixed
+  data.fold=0                   nnU-Net's fold 0 (or data.split_file=splits_final.json)
+  hydra.run.dir=DIR             where everything of the run lands
+  --config-dir DIR              your own presets and losses (DIR/loss/my_loss.yaml, DIR/my_losses.py)
+
+More:
+  segtrain --cfg job [key=value ...]   the composed config, every key with its value
+  segtrain --hydra-help                Hydra's own help (flags, tab completion)
+  segtrain-losses, segtrain-predict, segtrain-evaluate, segtrain-compare   (each with --help)
+  docs: README.md, docs/data.md, docs/losses.md, docs/reliability.md, docs/diagnostics.md, docs/sweeps.md
+"""
+
+
+def print_help(argv: list[str]) -> None:
+    """``segtrain --help``: the config groups and their options, read from the config folders (no composition:
+    Hydra's help composes the config once per group and option, which grows with every preset)."""
+    from segtrain.config_check import config_options, split_command_line
+
+    folders = split_command_line(argv, config_dir())[2]
+    groups = sorted({p.name for folder in folders if folder.is_dir() for p in folder.iterdir()
+                     if p.is_dir() and not p.name.startswith(("_", ".", "hydra"))})
+    defaults = _default_choices()
+    lines = []
+    for group in groups:
+        options = config_options(folders, group)
+        shown = ", ".join(f"{o} (default)" if defaults.get(group) == o else o for o in options)
+        lines.append(f"  {group + ':':<16}{shown}")
+    where = "packaged configs" + (", then --config-dir" if len(folders) > 1 else "")
+    print(HELP.format(groups="\n".join(lines), folders=where), end="")
+
+
+def _default_choices() -> dict[str, str]:
+    """The default run's ``group: option``: train.yaml's defaults list, then the overrides its data preset makes
+    (``override /model@_global_.model: unet``), read as text (no composition)."""
+    import re
+
+    folder = Path(config_dir())
+    choices = {m.group(1): m.group(2) for m in re.finditer(r"^  - (\w+): (\w+)", (folder / "train.yaml").read_text(), re.M)}
+
+    def apply(option: str) -> None:
+        path = folder / "data" / f"{option}.yaml"
+        if not path.is_file():
+            return
+        text = path.read_text()
+        for m in re.finditer(r"^  - (\w+)\s*$", text, re.M):  # a data preset it builds on
+            if m.group(1) != "_self_":
+                apply(m.group(1))
+        choices.update({m.group(1): m.group(2) for m in re.finditer(r"^  - override /(\w+)@_global_\.\w+: (\w+)", text, re.M)})
+
+    apply(choices.get("data", ""))
+    return choices
+
+
 def main() -> None:
     """``segtrain k=v ...``: train; ``segtrain resume=<run dir>`` continues a run in its own directory."""
     global _typed_overrides, _existing_run_dir
@@ -268,6 +333,9 @@ def main() -> None:
 
     from segtrain.resume import prepare_argv, user_overrides
 
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print_help(sys.argv[1:])
+        return
     quiet_known_warnings()
     user_config_dirs_on_path(sys.argv[1:])
     inherited = os.environ.get("SEGTRAIN_TYPED_OVERRIDES")
@@ -314,6 +382,11 @@ def predict_main() -> None:
     user_config_dirs_on_path(sys.argv[1:])  # a network of one's own (model._target_) is imported again
     try:
         check_command_line(sys.argv[1:], config_dir(), "predict")
+        values = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-"))
+        if values.get("ckpt_path") not in (None, "", "???"):  # read before Hydra makes the run folder
+            from segtrain.checkpoints import read_checkpoint
+
+            read_checkpoint(values["ckpt_path"].strip("'\""))
     except SegtrainError as err:
         fail(err)
     _predict_app()

@@ -3,7 +3,7 @@
 For each group (e.g. each loss of ``segtrain -m hparams_search=loss_benchmark``):
 
 - **runs**: how many runs (seeds × folds) the group has; **wall time**: their mean; **diverged**: how many
-  of them raised the loss/metric divergence flag (``diagnostics/loss_metric_divergence``) at any validation.
+  of them raised the loss/metric divergence flag (``val_diagnostics/loss_metric_divergence``) at any validation.
 - **per-case metrics** from each run's held-out test set (``test_metrics_per_case.csv``, docs/evaluation.md):
   for Dice, IoU, HD95 and NSD, ``mean ± std`` over the runs of each run's per-case mean, and a 95%
   percentile-bootstrap interval of the mean over the (case, class) pairs, each pair's value first

@@ -118,7 +118,7 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str = "tra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    _, items, folders = split_command_line(argv, config_dir)
+    flags, items, folders = split_command_line(argv, config_dir)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides=items)
     except HydraException as err:
@@ -138,10 +138,74 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str = "tra
             hint = " (segtrain-losses lists them)" if group == "loss" else ""
             raise ConfigError(f"{group}={value}: there is no {group} '{value}'; {_closest(str(value), options)}"
                               f"options: {', '.join(options)}{hint}")
-    _check_keys(folders, config_dir, config_name, _first_values(parsed))
+    cfg = _check_keys(folders, config_dir, config_name, _first_values(parsed))
+    resuming = any(o.key_or_group in ("resume", "resume.dir", "ckpt_path") and o.value() not in (None, "", "null")
+                   for o in parsed if not o.is_sweep_override())
+    informational = any(f.split("=")[0] in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i") for f in flags)
+    if cfg is not None and config_name == "train" and not resuming and not informational:  # a resume's come from its checkpoint
+        check_values(cfg)
 
 
-def _check_keys(folders: list[Path], config_dir: str, config_name: str, overrides: list[str]) -> None:
+def check_values(cfg) -> None:
+    """What the composed config alone can tell, without torch, Lightning or reading an image: the loss's parameters,
+    the data options and the dataset folder, the augmentation, the trainer's numbers. Each problem is the line the
+    later, heavier check would print, a second or more sooner."""
+    from omegaconf import OmegaConf
+
+    from segtrain.augment import build_augmentation
+    from segtrain.data.layouts import list_cases
+    from segtrain.data.options import DataOptions
+    from segtrain.losses.params import problem
+
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    if "_target_" not in loss:
+        found = problem(str(loss.pop("name", "")), loss)
+        if found:
+            raise ConfigError(found)
+    check_trainer({key: cfg.trainer.get(key) for key in TRAINER_KEYS})  # one by one: default_root_dir needs Hydra's run
+    build_augmentation(cfg.get("augment"))
+    options = DataOptions.from_config(cfg.data)
+    if not options.synthetic:
+        list_cases(options.root, options.layout)
+
+
+# Lightning's precision names (lightning.fabric.connector._PRECISION_INPUT)
+PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+              "32-true", "64-true", "64", "32", "16", "bf16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "xla")
+TRAINER_KEYS = ("devices", "accelerator", "precision", "max_epochs", "max_steps", "num_nodes", "log_every_n_steps",
+                "accumulate_grad_batches", "check_val_every_n_epoch", "num_sanity_val_steps", "gradient_clip_val")
+
+
+def check_trainer(trainer: dict) -> None:
+    """The trainer values Lightning would refuse, or that cannot work, as one line each with the fix."""
+    devices = trainer.get("devices")
+    text = str(devices).strip()
+    if isinstance(devices, bool) or (isinstance(devices, int) and (devices == 0 or devices < -1)) or \
+            (isinstance(devices, str) and text not in ("auto", "-1") and not all(p.strip().isdigit() for p in text.split(",") if p.strip())):
+        raise ConfigError(f"trainer.devices={devices}: give the number of GPUs to train on (CPU processes where there is no "
+                          "GPU), at least 1; or -1 (all), auto, or GPU ids such as [0,1]")
+    accelerator = trainer.get("accelerator")
+    if isinstance(accelerator, str) and accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator}: use one of {', '.join(ACCELERATORS)}")
+    precision = trainer.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision}: use 32-true, bf16-mixed (GPUs since Ampere, and CPUs) or "
+                          "16-mixed (older GPUs)")
+    for key, low in (("max_epochs", -1), ("max_steps", -1), ("num_nodes", 1), ("log_every_n_steps", 1),
+                     ("accumulate_grad_batches", 1), ("check_val_every_n_epoch", 1), ("num_sanity_val_steps", -1)):
+        value = trainer.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            allowed = f"an integer >= {low}" + (" (-1: no limit)" if low == -1 and key.startswith("max") else "")
+            raise ConfigError(f"trainer.{key}={value}: must be {allowed}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip}: must be a number >= 0 (or null: no clipping)")
+
+
+def _check_keys(folders: list[Path], config_dir: str, config_name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException, HydraException
@@ -152,11 +216,10 @@ def _check_keys(folders: list[Path], config_dir: str, config_name: str, override
     if extra:
         composable.append(f"hydra.searchpath=[{','.join(extra)}]")
     if GlobalHydra.instance().is_initialized():
-        return  # inside a running Hydra app (tests): nothing to check here
+        return None  # inside a running Hydra app (tests): nothing to check here
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
         try:
-            compose(config_name, overrides=composable)
-            return
+            return compose(config_name, overrides=composable)
         except ConfigCompositionException as err:
             key = getattr(err.__cause__, "full_key", None)
             if not key:

@@ -37,7 +37,7 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[Scalar]]:
 
 
 RESUMED_PLUGINS = ("hparams", "custom_scalars")  # written again by every run that resumes
-RESUMED_TAG_PREFIX = "hp/"                         # the HParams tab's metrics: placeholders at start, values at the end
+RESUMED_TAG_PREFIX = "val_summary/"                         # the HParams tab's metrics: placeholders at start, values at the end
 
 
 def truncate_events(folder: str | Path, wall_time: float) -> int:
@@ -46,7 +46,7 @@ def truncate_events(folder: str | Path, wall_time: float) -> int:
     A run resumed from a checkpoint logs again what came after it: the events its killed or
     stopped predecessor wrote after the checkpoint (``wall_time`` is stored in it, after the
     loggers were flushed) would otherwise appear twice, or at shifted steps. The HParams and
-    custom-scalars records and the ``hp/*`` metrics are dropped too: the resumed run writes them
+    custom-scalars records and the ``val_summary/*`` metrics are dropped too: the resumed run writes them
     again. Files are rewritten atomically; a file without such events is left untouched.
     """
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
@@ -110,8 +110,8 @@ def lower_is_better(tag: str) -> bool:
 
 
 def hparam_metric_names() -> list[str]:
-    """The HParams tab's metrics: ``hp/best_val_dice``, ``hp/final_val_dice``, ... for every ``RUN_METRICS`` tag."""
-    return [f"hp/{kind}_{tag.replace('/', '_')}" for tag in RUN_METRICS for kind in ("best", "final")]
+    """The HParams tab's metrics: ``val_summary/best_val_dice``, ``val_summary/final_val_dice``, ... for every ``RUN_METRICS`` tag."""
+    return [f"val_summary/{kind}_{tag.replace('/', '_')}" for tag in RUN_METRICS for kind in ("best", "final")]
 
 
 def best_and_final(series: dict[str, list[Scalar]], tag: str) -> tuple[float, float]:
@@ -134,8 +134,8 @@ def hparam_metrics(final: dict[str, float], best: dict[str, float]) -> dict[str,
     out: dict[str, float] = {}
     for tag in RUN_METRICS:
         name = tag.replace("/", "_")
-        out[f"hp/final_{name}"] = final.get(tag, math.nan)
-        out[f"hp/best_{name}"] = best.get(tag, out[f"hp/final_{name}"])
+        out[f"val_summary/final_{name}"] = final.get(tag, math.nan)
+        out[f"val_summary/best_{name}"] = best.get(tag, out[f"val_summary/final_{name}"])
     return out
 
 
@@ -206,7 +206,7 @@ def summarise_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
     for tag in RUN_METRICS:
         best[tag], final[tag] = best_and_final(series, tag)
     # Lightning logs the epoch at every step it logs anything: map steps to epochs.
-    epoch_at = {s.step: s.value for s in series.get("epoch", [])}
+    epoch_at = {s.step: s.value for s in series.get("x_axis/epoch", series.get("epoch", []))}  # "epoch": earlier runs
     curves = {}
     for tag in RUN_METRICS:
         points = series.get(tag, [])
@@ -218,5 +218,5 @@ def summarise_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
     times = [s.wall_time for values in series.values() for s in values]
     wall = (max(times) - min(times)) if times else math.nan
     test = {tag: series[tag][-1].value for tag in TEST_METRICS if series.get(tag)}
-    diverged = any(s.value > 0 for s in series.get("diagnostics/loss_metric_divergence", []))
+    diverged = any(s.value > 0 for s in series.get("val_diagnostics/loss_metric_divergence", []))
     return RunSummary(name or run_dir.name, run_dir, best, final, epochs, wall, curves, test, diverged)

@@ -2,7 +2,7 @@
 
 Logged tags (docs/diagnostics.md): ``train/loss``, ``train/dice`` (hard Dice on training patches),
 ``val/loss``, ``val/dice``, ``val/iou`` (means over foreground classes), ``val/dice/<class>``,
-``val/iou/<class>``; the LR monitor adds ``lr-*``.
+``val/iou/<class>``; the LR monitor adds ``train/lr-*``.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class SegmentationModule(LightningModule):
         values = self.loss.on_epoch_start(self.current_epoch)
         if values and self.trainer.is_global_zero:  # a function of the epoch: the same on every rank
             for logger in self.loggers:
-                logger.log_metrics({f"loss/{name}": float(value) for name, value in values.items()}, step=self.global_step)
+                logger.log_metrics({f"train/loss_{name}": float(value) for name, value in values.items()}, step=self.global_step)
 
     # -- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

@@ -42,7 +42,7 @@ def flat_params(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str
     trainer settings that change results, and the seed; lists become strings, ``None`` "null".
     ``overrides``: what the command line set (in a sweep: the swept and the fixed ones) also appear
     first as ``(set) <key>`` (a group choice as ``(set) loss`` → ``tversky``): TensorBoard sorts the
-    HParams columns by name and shows the first few, so these and ``hp/best_val_dice`` lead the table.
+    HParams columns by name and shows the first few, so these and ``val_summary/best_val_dice`` lead the table.
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     container = {k: resolved[k] for k in ("loss", "model", "optim", "data", "inference") if k in resolved}
@@ -110,7 +110,35 @@ def build_trainer(cfg: DictConfig, started: float | None = None):
         raise  # already one line naming its setting (slurm.requeue_on, guard.*)
     except (ValueError, TypeError, RuntimeError, MisconfigurationException, InstantiationException) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
-        raise ConfigError(f"invalid trainer setting: {' '.join(str(cause).split())[:300]}") from None
+        raise ConfigError(_trainer_problem(trainer_cfg, " ".join(str(cause).split()))) from None
+
+
+def _trainer_problem(trainer_cfg: DictConfig, said: str) -> str:
+    """Lightning's refusal of a trainer setting, as one line that names the setting and the fix."""
+    devices, accelerator = trainer_cfg.get("devices"), trainer_cfg.get("accelerator")
+    if "No supported gpu backend found" in said or "can not run on your system" in said:
+        return (f"trainer.accelerator={accelerator}: no GPU is visible here (torch finds no CUDA device); use "
+                "trainer.accelerator=auto (or cpu), or run where the GPUs are")
+    if "selected with `CPUAccelerator`" in said:
+        count = len(devices) if OmegaConf.is_list(devices) else devices
+        return (f"trainer.devices={list(devices) if OmegaConf.is_list(devices) else devices} names GPUs, and this run trains "
+                f"on the CPU (no GPU here); give a number of CPU processes instead, e.g. trainer.devices={count}")
+    return f"invalid trainer setting: {said[:300]}"
+
+
+def describe_devices(trainer_cfg: DictConfig, trainer) -> str | None:
+    """One line, before any process starts, when ``trainer.devices`` > 1 finds no GPU and falls back to CPU processes."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    from segtrain.data.loaders import usable_cpus
+
+    if not isinstance(trainer.accelerator, CPUAccelerator) or trainer.num_devices < 2 or trainer_cfg.get("accelerator") != "auto":
+        return None
+    cpus = usable_cpus()
+    crowded = (f"; {trainer.num_devices} processes on the {cpus} CPUs here share them (one torch thread each)"
+               if trainer.num_devices > cpus else "")
+    return (f"segtrain: no GPU found: trainer.devices={trainer_cfg.get('devices')} runs {trainer.num_devices} CPU processes "
+            f"(DDP, gloo){crowded}; set trainer.accelerator=cpu to silence this")
 
 
 def training_device(trainer, trainer_cfg: DictConfig | None = None) -> str:
@@ -393,6 +421,9 @@ def prepare(cfg: DictConfig, overrides: list[str], started: float | None = None)
     ScoreSettings.from_config(cfg.get("evaluation"))  # evaluation.* checked before preflight, used after training
     augmentation = build_augmentation(cfg.get("augment"))
     trainer = build_trainer(cfg, started)  # trainer settings (devices, precision, strategy) checked before preflight
+    devices_line = describe_devices(cfg.trainer, trainer)
+    if devices_line and _rank() == 0:
+        log.warning(devices_line)
     check_run_length(cfg, checkpoint)
     # preflight: every case validated before training
     data = build_datamodule(cfg.data, output_dir, label_maps=loss.label_maps, seed=cfg.seed,

@@ -197,7 +197,7 @@ def test_hparam_metrics_best_and_final():
     best = {"val/dice": 0.6, "val/iou": 0.3, "val/loss": 0.5}
     values = hparam_metrics({"val/dice": 0.5, "val/iou": 0.25, "val/loss": 0.55}, best)
     assert set(values) == set(hparam_metric_names())
-    assert values["hp/best_val_dice"] == pytest.approx(0.6) and values["hp/final_val_dice"] == pytest.approx(0.5)
-    assert values["hp/best_val_iou"] == pytest.approx(0.3) and values["hp/best_val_loss"] == pytest.approx(0.5)
-    assert values["hp/final_val_loss"] == pytest.approx(0.55)
-    assert hparam_metrics({"val/dice": 0.4}, {})["hp/best_val_dice"] == 0.4  # never finite: the final stands in
+    assert values["val_summary/best_val_dice"] == pytest.approx(0.6) and values["val_summary/final_val_dice"] == pytest.approx(0.5)
+    assert values["val_summary/best_val_iou"] == pytest.approx(0.3) and values["val_summary/best_val_loss"] == pytest.approx(0.5)
+    assert values["val_summary/final_val_loss"] == pytest.approx(0.55)
+    assert hparam_metrics({"val/dice": 0.4}, {})["val_summary/best_val_dice"] == 0.4  # never finite: the final stands in

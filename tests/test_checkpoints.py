@@ -147,7 +147,7 @@ def _bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
     cases = {
         "missing": (folder / "missing.ckpt", "no such checkpoint"),
         "folder": (folder, "is not a file"),
-        "text": (folder / "notes.ckpt", "truncated or not a PyTorch checkpoint"),
+        "text": (folder / "notes.ckpt", "is a text file, not a checkpoint (it begins 'epoch 3, loss 0.1')"),
         "empty": (folder / "empty.ckpt", "is empty"),
         "truncated": (folder / "truncated.ckpt", "truncated or not a PyTorch checkpoint"),
         "tensor": (folder / "tensor.ckpt", "holds a Tensor, not a segtrain checkpoint"),
@@ -263,13 +263,13 @@ def test_truncate_events_drops_what_came_after_the_checkpoint(tmp_path):
     writer = SummaryWriter(tmp_path)
     for step in range(4):
         writer.add_scalar("train/loss", step, step, walltime=100.0 + step)
-    writer.add_scalar("hp/best_val_dice", 0.5, 0, walltime=100.0)
+    writer.add_scalar("val_summary/best_val_dice", 0.5, 0, walltime=100.0)
     writer.add_scalar("train/loss", 4, 4, walltime=200.0)
     writer.add_scalar("train/loss", 5, 5, walltime=201.0)
     writer.close()
-    assert truncate_events(tmp_path, wall_time=102.5) == 4  # steps 3, 4 and 5, and the hp/ record
+    assert truncate_events(tmp_path, wall_time=102.5) == 4  # steps 3, 4 and 5, and the val_summary/ record
     assert [s.step for s in read_scalars(tmp_path)["train/loss"]] == [0, 1, 2]
-    assert "hp/best_val_dice" not in read_scalars(tmp_path)
+    assert "val_summary/best_val_dice" not in read_scalars(tmp_path)
     assert truncate_events(tmp_path, wall_time=102.5) == 0  # nothing left to drop: the file stays as it is
 
 

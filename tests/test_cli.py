@@ -30,13 +30,13 @@ def test_default_run_writes_everything_into_the_run_dir(tmp_path, cache_dir):
     assert (run / "dataset_report.txt").is_file() and (run / "split.json").is_file()
     scalars = read_scalars(run)
     assert REQUIRED_TAGS <= set(scalars), sorted(scalars)
-    assert any(tag.startswith("lr-") for tag in scalars)
+    assert any(tag.startswith("train/lr-") for tag in scalars)
     assert len(scalars["val/dice"]) == 2  # one per epoch
     assert all(0.0 <= s.value <= 1.0 for s in scalars["val/dice"])
     hparams = read_hparams(run)
     assert hparams["loss.name"] == "dice_ce" and "model._target_" in hparams
-    assert {"hp/best_val_dice", "hp/final_val_dice"} <= set(scalars)
-    assert scalars["hp/best_val_dice"][-1].value == pytest.approx(max(s.value for s in scalars["val/dice"]), abs=1e-6)
+    assert {"val_summary/best_val_dice", "val_summary/final_val_dice"} <= set(scalars)
+    assert scalars["val_summary/best_val_dice"][-1].value == pytest.approx(max(s.value for s in scalars["val/dice"]), abs=1e-6)
 
 
 def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, cache_dir):
@@ -49,7 +49,7 @@ def test_resume_from_last_checkpoint_continues_where_it_stopped(tmp_path, cache_
     assert len(steps) == 1 and steps[0] >= 2 * 2 - 1  # only epoch 1 ran, after epoch 0's steps
     # the best metric continues across the resume: it covers the first run's epochs too
     both = [v.value for run in (first, second) for v in read_scalars(run)["val/dice"]]
-    assert read_scalars(second)["hp/best_val_dice"][-1].value == pytest.approx(max(both), abs=1e-6)
+    assert read_scalars(second)["val_summary/best_val_dice"][-1].value == pytest.approx(max(both), abs=1e-6)
 
 
 def test_a_run_of_the_previous_version_resumes(tmp_path, cache_dir):

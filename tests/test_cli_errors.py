@@ -64,7 +64,7 @@ def test_bad_trainer_setting_is_caught_before_preflight(tmp_path, cache_dir):
     run = tmp_path / "run"
     proc = run_cli([*TINY_2D, "trainer.devices=0", f"hydra.run.dir={run}"], tmp_path, cache_dir)
     line = one_line(proc, run)
-    assert "Trainer(devices=0)" in line and "preflight" not in proc.stdout
+    assert "trainer.devices=0: give the number of GPUs" in line and "preflight" not in proc.stdout
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -91,11 +91,26 @@ def test_redirected_output_is_plain_lines(tmp_path, cache_dir):
     assert len(lines) < 40, output
     rows = [line for line in lines if line.strip()[:1].isdigit() and " | " in line]
     assert [row.split("|")[0].strip() for row in rows] == ["0", "1", "2", "3"]
-    assert sum(line.startswith("epoch ") and "step " in line for line in lines) == 2  # steps 4 and 8
+    steps = [line for line in lines if line.startswith("epoch ") and "step " in line]
+    assert len(steps) == 2 and steps[0].startswith("epoch 2/4  step 2/2 (global 4)")  # steps 4 and 8; epochs from 1
     for noise in ("Total Flops", "`Trainer.fit` stopped", "Loading `train_dataloader`", "TPU available", "LeafSpec"):
         assert noise not in output, noise
     log = (run / "train.log").read_text()
     assert all(row in log for row in rows) and "segtrain: finished 4 epoch(s)" in log
+
+
+def test_redirected_output_prints_by_time_too(tmp_path, cache_dir):
+    """A slow epoch says it is alive: a line at least every callbacks.progress.every_n_seconds, in steps and validation."""
+    run = tmp_path / "run"
+    args = [a for a in TINY_2D if "enable_progress_bar" not in a]
+    proc = run_cli([*args, "trainer.max_epochs=2", "callbacks.progress.every_n_steps=0",
+                    "callbacks.progress.every_n_seconds=0.0001", f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert [line.split("  ")[1] for line in lines if line.startswith("epoch ") and "  step " in line] == \
+        ["step 1/2 (global 1)", "step 2/2 (global 2)", "step 1/2 (global 3)", "step 2/2 (global 4)"]
+    validation = [line for line in lines if "validation: case" in line]
+    assert validation and validation[0].startswith("epoch 1/2  validation: case 1/")
 
 
 def test_predict_takes_a_list_of_files(tmp_path, cache_dir):

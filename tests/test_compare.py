@@ -100,7 +100,7 @@ def test_multirun_over_three_losses_then_compare(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Job directories are named by the swept parameter.
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [  # the dataset, then what the sweep varies
-        "0_synthetic3d_loss=dice", "1_synthetic3d_loss=tversky", "2_synthetic3d_loss=dice_ce"]
+        "0_loss=dice_synthetic3d", "1_loss=tversky_synthetic3d", "2_loss=dice_ce_synthetic3d"]
 
     proc = run_cli([str(sweep), "--csv"], tmp_path, cache_dir, program=COMPARE)
     assert proc.returncode == 0, proc.stderr

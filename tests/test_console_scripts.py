@@ -48,3 +48,30 @@ def test_every_console_script_runs_as_a_process(tmp_path, cache_dir):
     compare = run("segtrain-compare", str(tmp_path / "run"), cwd=tmp_path, cache_dir=cache_dir)
     assert "run" in compare.stdout
     assert "tversky" in run("segtrain-losses", cwd=tmp_path, cache_dir=cache_dir).stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["loss=tversky", "loss.alpha=2"], "loss 'tversky': alpha=2 is out of range; allowed [0.0, 1.0]"),
+    (["data=nifti"], "data.root is not set"),
+    (["data=nifti", "data.root=/does/not/exist"], "data.root=/does/not/exist does not exist"),
+    (["trainer.devices=0"], "trainer.devices=0: give the number of GPUs"),
+    (["trainer.precision=17"], "trainer.precision=17: use 32-true"),
+    (["augment.rotation_prob=2"], "augment.rotation_prob=2 must be a probability"),
+    (["--help"], None),
+])
+def test_errors_and_help_come_before_torch_is_imported(tmp_path, args, expected):
+    """What the config alone tells is said before torch, Lightning or the data load (scripts/bench_startup.py
+    times it: close to --help's time); --help lists the config groups without composing the config."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from segtrain.cli import main; sys.argv = ['segtrain', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as exit:\n    print('exit', exit.code, file=sys.stderr)\n"
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "torch not imported" in proc.stderr, proc.stderr[-2000:]
+    if expected is None:
+        assert "Config groups" in proc.stdout and "loss:" in proc.stdout and "--hydra-help" in proc.stdout
+    else:
+        assert f"segtrain: error: {expected}"[:60] in proc.stderr and "exit 2" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()

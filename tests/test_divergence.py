@@ -10,7 +10,7 @@ from helpers.cli import TINY_3D, run_cli
 from segtrain.callbacks.divergence import DivergenceMonitor, assess, linear_trend, spearman
 from segtrain.events import read_scalars
 
-FLAG, CORR = "diagnostics/loss_metric_divergence", "diagnostics/loss_dice_corr"
+FLAG, CORR = "val_diagnostics/loss_metric_divergence", "val_diagnostics/loss_dice_corr"
 WARNING = "loss and Dice diverge"
 
 # Histories seen in real runs of the tiny 3D data (12 epochs, see the CLI tests below).
@@ -247,5 +247,5 @@ def test_healthy_dice_ce_run_is_not_flagged_and_logs_overlays_and_layout(tmp_pat
         name = tag.replace("/", "_")
         values = [s.value for s in scalars[tag]]
         best = min(values) if tag.endswith("loss") else max(values)
-        assert scalars[f"hp/best_{name}"][-1].value == pytest.approx(best, abs=1e-6)
-        assert scalars[f"hp/final_{name}"][-1].value == pytest.approx(values[-1], abs=1e-6)
+        assert scalars[f"val_summary/best_{name}"][-1].value == pytest.approx(best, abs=1e-6)
+        assert scalars[f"val_summary/final_{name}"][-1].value == pytest.approx(values[-1], abs=1e-6)

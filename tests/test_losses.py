@@ -667,3 +667,28 @@ def test_a_batch_is_a_mean_never_a_sum():
         single = loss(one_x, one_t)
         double = loss(one_x.repeat(2, 1, 1, 1), one_t.repeat(2, 1, 1, 1))
         torch.testing.assert_close(double, single, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# -- the parameter table the command line is checked with before torch loads (segtrain/losses/params.py) --------
+CANDIDATES = [-1.0, 0.0, 1e-9, 0.3, 1.0, 1.5, 2, float("nan"), None, True, False, "auto", "e", "x", [1.0, 2.0], [0.0, 0.0],
+              [1.0, -1.0]]
+
+
+@pytest.mark.parametrize("name", available_losses())
+def test_the_torch_free_parameter_table_accepts_and_refuses_what_the_loss_does(name):
+    from segtrain.losses.params import PARAMETERS, problem
+    from segtrain.losses.registry import loss_parameters
+
+    assert set(PARAMETERS[name]) == set(loss_parameters(name)), name  # every parameter, no other
+    for key in PARAMETERS[name]:
+        for value in CANDIDATES:
+            try:
+                build_loss(name, **{key: value})
+                accepted = True
+            except ValueError:
+                accepted = False
+            found = problem(name, {key: value})
+            assert (found is None) == accepted, (name, key, value, found)
+            if found:
+                assert found.startswith(f"loss '{name}': ") and key in found
+    assert problem("boundary", {"alpha": 0.0}) is not None and problem("tversky", {"alpha": 0, "beta": 0, "smooth": 0})

@@ -35,5 +35,5 @@ def test_boundary_alpha_schedule_is_logged(tmp_path, cache_dir):
         [*TINY_3D, "loss=boundary", "loss.alpha_step=0.25", "trainer.max_epochs=2", f"hydra.run.dir={run}"], tmp_path, cache_dir
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
-    alpha = [s.value for s in read_scalars(run)["loss/alpha"]]
+    alpha = [s.value for s in read_scalars(run)["train/loss_alpha"]]
     assert alpha == pytest.approx([1.0, 0.75])

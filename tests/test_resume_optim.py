@@ -104,7 +104,7 @@ def test_the_kind_of_optimizer_or_schedule_cannot_change_on_resume(cache_dir, tm
 
 @pytest.mark.slow
 def test_a_learning_rate_changed_on_resume_is_the_one_the_run_learns_with(tmp_path, cache_dir):
-    """The issue's trial: resume with optim.optimizer.lr=0.1: lr-AdamW continues from 0.1's schedule, not 0.003's."""
+    """The issue's trial: resume with optim.optimizer.lr=0.1: train/lr-AdamW continues from 0.1's schedule, not 0.003's."""
     base = [*TINY_2D, "trainer.max_epochs=2", "data.patches_per_epoch=16", "trainer.log_every_n_steps=1"]
     run = tmp_path / "run"
     assert run_cli([*base, f"hydra.run.dir={run}"], tmp_path, cache_dir).returncode == 0
@@ -116,7 +116,7 @@ def test_a_learning_rate_changed_on_resume_is_the_one_the_run_learns_with(tmp_pa
                    tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "the resumed run follows its config: lr 0.003 → 0.1" in proc.stdout + proc.stderr
-    old, new = read_scalars(same)["lr-AdamW"], read_scalars(changed)["lr-AdamW"]
+    old, new = read_scalars(same)["train/lr-AdamW"], read_scalars(changed)["train/lr-AdamW"]
     steps = 16 // 4 * 4  # 4 epochs of 4 steps: the schedule spans 16 steps
     after = [v for v in new if v.step >= 8]
     assert after and all(v.value == pytest.approx(0.1 * (1 - v.step / steps) ** 0.9, rel=1e-4) for v in after if v.step < steps)

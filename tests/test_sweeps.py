@@ -35,7 +35,7 @@ def test_optuna_preset_runs_two_trials_and_returns_val_dice(tmp_path, cache_dir)
     trials = runs_of(sweep)
     assert len(trials) == 2
     for trial in trials:  # the searched values name the run, rounded; the run used them exactly
-        assert re.fullmatch(r"\d_synthetic2d_loss\.alpha=[\d.]+,loss\.beta=[\d.]+,optim\.optimizer\.lr=[\d.e-]+", trial.name), trial.name
+        assert re.fullmatch(r"\d_loss\.alpha=[\d.]+,loss\.beta=[\d.]+,optim\.optimizer\.lr=[\d.e-]+_synthetic2d", trial.name), trial.name
         config = yaml.safe_load((trial / ".hydra" / "config.yaml").read_text())
         assert config["loss"]["name"] == "tversky" and config["optimized_metric"] == "val/dice"
         assert 0.1 <= config["loss"]["alpha"] <= 0.9 and 1e-4 <= config["optim"]["optimizer"]["lr"] <= 1e-2

@@ -94,13 +94,13 @@ def test_a_loss_from_a_folder_outside_the_package_trains(tmp_path, cache_dir, us
     assert "loss: f2" in proc.stdout + proc.stderr
     scalars = read_scalars(run)
     assert scalars["train/loss"] and all(torch.isfinite(torch.tensor(v.value)) for v in scalars["train/loss"])
-    assert [v.value for v in scalars["loss/beta"]] == [3.0]  # its epoch hook is logged like boundary's alpha
+    assert [v.value for v in scalars["train/loss_beta"]] == [3.0]  # its epoch hook is logged like boundary's alpha
     assert "val/dice" in scalars
     assert OmegaConf.load(run / ".hydra" / "config.yaml").loss.beta == 3.0
     # resumed with the folder it was started with (anywhere on the command line); without it, one line
     resumed = run_cli([f"resume={run}", "--config-dir", str(user_dir), "trainer.max_epochs=2"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [v.value for v in read_scalars(run)["loss/beta"]] == [3.0, 3.0]
+    assert [v.value for v in read_scalars(run)["train/loss_beta"]] == [3.0, 3.0]
     refused = run_cli([f"resume={run}", "trainer.max_epochs=3"], tmp_path, cache_dir)
     assert refused.returncode == 2 and "resume: the run used loss=f2" in refused.stderr and "--config-dir" in refused.stderr
 

@@ -43,8 +43,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from segtrain.errors import ConfigError
 
 ANISOTROPY = 3.0  # nnU-Net's threshold for "dummy 2D" augmentation of anisotropic patches
@@ -129,8 +127,8 @@ class Augmentation:
         """(largest rotation in degrees, the coarse axis for in-plane-only augmentation or None)."""
         patch = [int(p) for p in patch_size]
         coarse = None
-        if len(patch) == 3 and spacing is not None and len(set(np.round(spacing, 4))) > 1:
-            axis = int(np.argmax(spacing))
+        if len(patch) == 3 and spacing is not None and len({round(float(s), 4) for s in spacing}) > 1:
+            axis = max(range(3), key=lambda a: float(spacing[a]))
             if max(patch) / patch[axis] > ANISOTROPY:
                 coarse = axis
         if self.rotation != "auto":
@@ -145,20 +143,20 @@ class Augmentation:
         Each side exceeds the patch's by an even number of voxels, so that the patch is the region's
         exact centre (no half-voxel shift for a sample that is neither rotated nor scaled).
         """
-        patch = np.asarray(patch_size, float)
+        patch = [float(p) for p in patch_size]
         if not self.spatial:
             return [int(p) for p in patch_size]
         degrees, coarse = self.geometry(patch_size, spacing)
         angle = math.radians(min(90.0, degrees)) if self.rotation_prob > 0 else 0.0
-        extent = patch.copy()
+        extent = list(patch)
         dims = len(patch)
         planes = [(0, 1)] if dims == 2 else [(1, 2), (0, 2), (0, 1)]
         for a, b in planes:  # the patch's extent vector rotated by +-angle in each plane
             for sign in (1.0, -1.0):
                 c, s = math.cos(angle), sign * math.sin(angle)
-                rotated = patch.copy()
+                rotated = list(patch)
                 rotated[a], rotated[b] = c * patch[a] - s * patch[b], s * patch[a] + c * patch[b]
-                extent = np.maximum(extent, np.abs(rotated))
+                extent = [max(e, abs(r)) for e, r in zip(extent, rotated)]
         smallest = 0.85 if self.scaling_prob > 0 else 1.0  # nnU-Net's get_patch_size uses 0.85 whatever the scaling range
         size = [max(int(e / smallest), int(p)) for e, p in zip(extent, patch_size)]
         if coarse is not None:

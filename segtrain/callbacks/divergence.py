@@ -7,10 +7,10 @@ metrics, or a loss that does not track the metric on small objects. This callbac
 at once: after every validation it compares the trend of the loss with the trend of ``val/dice``
 over the last ``window`` validations, logs
 
-* ``diagnostics/loss_metric_divergence``: 1 when the two diverge at this validation, else 0;
-* ``diagnostics/loss_dice_corr``: Spearman rank correlation between loss and Dice over the window
+* ``val_diagnostics/loss_metric_divergence``: 1 when the two diverge at this validation, else 0;
+* ``val_diagnostics/loss_dice_corr``: Spearman rank correlation between loss and Dice over the window
   (−1: Dice rises exactly as the loss falls, the healthy sign; 0 when either is constant);
-* ``diagnostics/loss_change`` and ``diagnostics/dice_change``: the trends compared (see below);
+* ``val_diagnostics/loss_change`` and ``val_diagnostics/dice_change``: the trends compared (see below);
 
 and prints one warning, the first time the two diverge, with the numbers and the likely causes.
 
@@ -210,11 +210,11 @@ class DivergenceMonitor(Callback):
             self.history["train_loss"].append(train)
         self.last = assess(self.history["epoch"], self.history["loss"], self.history["dice"], **self.thresholds,
                            train_losses=self.history["train_loss"] or None)
-        values = {"diagnostics/loss_metric_divergence": float(self.last.diverging)}
+        values = {"val_diagnostics/loss_metric_divergence": float(self.last.diverging)}
         if self.last.corr is not None:
-            values["diagnostics/loss_dice_corr"] = self.last.corr
-            values["diagnostics/loss_change"] = self.last.loss_change
-            values["diagnostics/dice_change"] = self.last.dice_change
+            values["val_diagnostics/loss_dice_corr"] = self.last.corr
+            values["val_diagnostics/loss_change"] = self.last.loss_change
+            values["val_diagnostics/dice_change"] = self.last.dice_change
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
         if self.last.diverging and not self.warned:
@@ -237,7 +237,7 @@ class DivergenceMonitor(Callback):
             "  Likely causes, most likely first:",
         ]
         lines += [f"  - {hint}" for hint in self.hints(trainer, pl_module)]
-        lines.append("  Logged as diagnostics/loss_metric_divergence; see the overlays in TensorBoard's Images tab "
+        lines.append("  Logged as val_diagnostics/loss_metric_divergence; see the overlays in TensorBoard's Images tab "
                      "and docs/diagnostics.md. (Printed once per run.)")
         return "\n".join(lines)
 
@@ -257,7 +257,7 @@ class DivergenceMonitor(Callback):
             lines.append("  - a mismatch between the loss and the metric: the loss improves on something Dice does not "
                          "see (the background, a class the metric leaves out, an activation the loss does not own); try "
                          "loss=dice_ce, and compare the overlays with the labels")
-        lines.append("  Logged as diagnostics/loss_metric_divergence; docs/diagnostics.md. (Printed once per run.)")
+        lines.append("  Logged as val_diagnostics/loss_metric_divergence; docs/diagnostics.md. (Printed once per run.)")
         return "\n".join(lines)
 
     def hints(self, trainer, pl_module) -> list[str]:

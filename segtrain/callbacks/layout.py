@@ -36,7 +36,7 @@ def default_layout(category: str = CATEGORY) -> dict[str, dict[str, list]]:
         f"{category}: comparisons and diagnostics": {
             "Dice: train patches vs val whole cases": ["Multiline", ["train/dice$", "val/dice$"]],
             "Loss: train vs val": ["Multiline", ["train/loss_epoch$", "val/loss$"]],
-            "Loss/metric divergence": ["Multiline", ["diagnostics/"]],
+            "Loss/metric divergence": ["Multiline", ["val_diagnostics/"]],
             "Learning rate": ["Multiline", ["lr-"]],
         },
     }

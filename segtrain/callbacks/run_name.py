@@ -1,10 +1,13 @@
 """Run names from the command-line overrides, for run directories (and so TensorBoard run names).
 
 ``segtrain data=nifti data.root=/data/Task03_Liver loss=tversky loss.alpha=0.7`` runs in
-``.../runs/<time>_Task03_Liver_loss=tversky,loss.alpha=0.7``: the dataset (``data.root``'s folder
-name, else the ``data`` preset: ``synthetic3d``), then the overrides. ``segtrain -m loss=dice,tversky``
-puts its jobs in ``<sweep dir>/0_synthetic3d_loss=dice``, ``1_synthetic3d_loss=tversky``: a multirun
-names its jobs by the swept parameters only (the fixed ones are the same for all).
+``.../runs/loss=tversky,loss.alpha=0.7_Task03_Liver_<time>``: the overrides (the loss first, and always:
+``segtrain`` alone runs in ``loss=dice_ce_synthetic3d_<time>``), then the dataset (``data.root``'s folder
+name, else the ``data`` preset), then the time. What differs between runs comes first, so TensorBoard's
+run list and HParams table, which cut long names after a dozen characters, show it rather than a column
+of identical dates or dataset names. ``segtrain -m loss=dice,tversky`` puts its jobs in
+``<sweep dir>/0_loss=dice_synthetic3d``, ``1_loss=tversky_synthetic3d``: a multirun names its jobs by the
+swept parameters only (the fixed ones are the same for all).
 
 This is a *Hydra* callback (``hydra.callbacks`` in ``configs/train.yaml``), not a Lightning one:
 Hydra instantiates it before it resolves the run directory, and it registers the resolver
@@ -39,11 +42,16 @@ def _parse(overrides: list[str]) -> list[Any]:
 
 
 def _priority(key: str) -> tuple[int, str]:
-    """Config-group choices first (loss=, model=, ...), then loss, model, optim parameters, then the rest."""
-    if "." not in key:
+    """The loss and its parameters first, then the other group choices (model=, ...), then model, optim, data
+    parameters, then the rest."""
+    if key == "loss":
         return (0, key)
     group = key.split(".", 1)[0]
-    return ({"loss": 1, "model": 2, "optim": 3, "data": 4}.get(group, 5), key)
+    if group == "loss":
+        return (1, key)
+    if "." not in key:
+        return (2, key)
+    return ({"model": 3, "optim": 4, "data": 5}.get(group, 6), key)
 
 
 def safe_name(text: str) -> str:
@@ -95,7 +103,7 @@ def short_lines(items: list[str]) -> list[str]:
 
 
 def run_name() -> str:
-    """The current job's name: its dataset, then its overrides (``Task03_Liver_loss=tversky,loss.alpha=0.3``)."""
+    """The current job's name: its overrides, then its dataset (``loss=tversky,loss.alpha=0.3_Task03_Liver``)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -106,20 +114,24 @@ def run_name() -> str:
     except Exception:  # noqa: BLE001 - never let naming break a run: fall back to Hydra's own name
         name = str(hc.job.override_dirname)
         return join_overrides([(name, name)])
-    dataset = dataset_name(overrides, dict(hc.runtime.choices))
+    choices = dict(hc.runtime.choices)
+    dataset = dataset_name(overrides, choices)
     keep = [o for o in overrides if o.key_or_group not in exclude and not (o.key_or_group == "data" and o.value() == dataset)]
+    items = [(o.key_or_group, _line(o)) for o in keep]
     if hc.mode == RunMode.MULTIRUN and _swept_keys:
-        swept = [o for o in keep if o.key_or_group in _swept_keys]
-        keep = swept or keep
-    name = join_overrides([(o.key_or_group, _line(o)) for o in keep], MAX_LENGTH - len(dataset) - 1)
-    return "_".join(part for part in (dataset, name) if part)
+        swept = [item for item in items if item[0] in _swept_keys]
+        items = swept or items
+    elif choices.get("loss") and not any(key == "loss" for key, _ in items):  # a run names its loss, chosen or not
+        items.insert(0, ("loss", f"loss={choices['loss']}"))
+    name = join_overrides(items, MAX_LENGTH - len(dataset) - 1)
+    return "_".join(part for part in (name, dataset) if part)
 
 
-def _suffixed(prefix: Any = "") -> str:
-    """``${segtrain.run_name:PREFIX}``: PREFIX + "_" + name, or PREFIX alone when the name is empty."""
-    name = run_name()
-    prefix = "" if prefix is None else str(prefix)
-    return f"{prefix}_{name}" if prefix and name else (prefix or name)
+def _suffixed(prefix: Any = "", suffix: Any = "") -> str:
+    """``${segtrain.run_name:PREFIX,SUFFIX}``: PREFIX, the name and SUFFIX joined by "_" (the empty ones left out):
+    a sweep's job number first (``0_...``), a single run's time last (``..._2026-12-04_10-00-00``)."""
+    parts = ["" if prefix is None else str(prefix), run_name(), "" if suffix is None else str(suffix)]
+    return "_".join(part for part in parts if part)
 
 
 def register_resolver() -> None:

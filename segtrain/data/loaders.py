@@ -152,17 +152,14 @@ def usable_cpus() -> int:
 def resolve_workers(value, augmentation=None, augment_device: str = "cpu", processes_per_node: int = 1) -> int:
     """``data.num_workers``: a number, or ``auto``: this process's share of its usable CPUs, less one for the
     training process, up to 12 (nnU-Net's); none when the batch is only mirrored on a CPU (cheap, in-process)."""
-    if value is None or str(value) == "auto":
-        if augment_device == "cpu" and (augmentation is None or augmentation.mirroring_only):
-            return 0
-        return max(1, min(MAX_WORKERS, usable_cpus() // max(int(processes_per_node), 1) - 1))
-    try:
-        workers = int(value)
-    except (TypeError, ValueError):
-        workers = -1
-    if workers < 0:
-        raise ConfigError(f"data.num_workers={value!r} must be auto or a number of worker processes >= 0")
-    return workers
+    from segtrain.data.options import check_workers
+
+    workers = check_workers(value)
+    if workers is not None:
+        return workers
+    if augment_device == "cpu" and (augmentation is None or augmentation.mirroring_only):
+        return 0
+    return max(1, min(MAX_WORKERS, usable_cpus() // max(int(processes_per_node), 1) - 1))
 
 
 def worker_threads(_worker_id: int) -> None:

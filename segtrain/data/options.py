@@ -14,6 +14,7 @@ from segtrain.errors import ConfigError
 NORMALIZATIONS = ("zscore", "ct", "minmax", "none")
 SAMPLINGS = ("posneg", "class_balanced")
 CACHES = ("memory", "disk", "none")
+PLAN_MODES = ("auto", "off")  # data.plan (segtrain/data/plan.py)
 
 
 def parse_label_mapping(value, key: str = "data.label_mapping") -> dict[int, int] | None:
@@ -33,6 +34,19 @@ def parse_label_mapping(value, key: str = "data.label_mapping") -> dict[int, int
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r} must map label values to class indices, "
                           f"e.g. {key}='{{255: 1}}'") from None
+
+
+def check_workers(value) -> int | None:
+    """``data.num_workers``: ``auto`` (None) or a number of worker processes >= 0."""
+    if value is None or str(value) == "auto":
+        return None
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        workers = -1
+    if workers < 0:
+        raise ConfigError(f"data.num_workers={value!r} must be auto or a number of worker processes >= 0")
+    return workers
 
 
 @dataclass
@@ -71,7 +85,6 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         from segtrain.data.layouts import LAYOUTS
-        from segtrain.data.plan import PLAN_MODES
 
         self.label_mapping = parse_label_mapping(self.label_mapping)
         if self.layout not in LAYOUTS:
@@ -127,9 +140,7 @@ class DataOptions:
             raise ConfigError(f"data.cache_rate={self.cache_rate} must lie in (0, 1]")
         if self.pin_memory not in (True, False, None, "auto"):
             raise ConfigError(f"data.pin_memory={self.pin_memory!r} must be true, false or auto (pinned when training on a GPU)")
-        from segtrain.data.loaders import resolve_workers
-
-        resolve_workers(self.num_workers)
+        check_workers(self.num_workers)
 
     @classmethod
     def from_config(cls, cfg) -> DataOptions:

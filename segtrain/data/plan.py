@@ -47,7 +47,7 @@ REFERENCE_GB = 8.0
 BASE_FEATURES, MAX_FEATURES = 32, {3: 320, 2: 512}
 MIN_BATCH = 2
 MAX_DATASET_COVERED = 0.05     # a batch sees at most this share of the dataset's voxels
-PLAN_MODES = ("auto", "off")
+from segtrain.data.options import PLAN_MODES  # noqa: E402,F401  (one definition, with the options)
 NORMALIZATION_BY_CHANNEL_NAME = {"ct": "ct", "nonorm": "none", "zscore": "zscore", "rescale_to_0_1": "minmax",
                                  "rgb_to_0_1": "minmax"}
 UNPLANNED = {3: {"patch_size": [96, 96, 96], "batch_size": 2}, 2: {"patch_size": [128, 128], "batch_size": 8}}

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from segtrain.errors import DataError
 
 
@@ -54,6 +52,8 @@ class NiftiReader(Reader):
     suffixes = (".nii.gz", ".nii")
 
     def header(self, path):
+        import numpy as np
+
         import nibabel as nib
 
         image = nib.load(path)
@@ -61,6 +61,8 @@ class NiftiReader(Reader):
         return shape, 1, np.asarray(image.affine, float), str(image.get_data_dtype())
 
     def voxels(self, path):
+        import numpy as np
+
         import nibabel as nib
 
         proxy = nib.load(path).dataobj
@@ -75,6 +77,8 @@ class NrrdReader(Reader):
     @staticmethod
     def affine(header: dict, path: str) -> np.ndarray:
         """As MONAI's NrrdReader: columns = space directions, LPS (or unspecified space) switched to RAS."""
+        import numpy as np
+
         if "space directions" not in header or "space origin" not in header:
             raise DataError(f"{path}: the NRRD header lacks 'space directions' or 'space origin' (no geometry); "
                             "save the volume with its geometry (e.g. from 3D Slicer) or convert it to NIfTI")
@@ -108,12 +112,16 @@ class MetaImageReader(Reader):
     suffixes = (".mha", ".mhd")
 
     def header(self, path):
+        import numpy as np
+
         from monai.transforms import LoadImage
 
         loaded = LoadImage(image_only=True)(path)
         return tuple(loaded.shape), 1, np.asarray(loaded.affine, float), str(loaded.dtype)
 
     def voxels(self, path):
+        import numpy as np
+
         from monai.transforms import LoadImage
 
         return np.asarray(LoadImage(image_only=True)(path)), 1.0, 0.0
@@ -136,6 +144,8 @@ class Image2DReader(Reader):
         return (width, height), self.BANDS.get(mode, 1), None, mode
 
     def voxels(self, path):
+        import numpy as np
+
         from PIL import Image
 
         with Image.open(path) as image:
@@ -188,6 +198,8 @@ def read_voxels(path: str) -> tuple[np.ndarray, float, float]:
 
 def max_displacement(a: np.ndarray, b: np.ndarray, shape) -> float:
     """Largest distance (mm) between where two affines put the same voxel, over the corners of the grid."""
+    import numpy as np
+
     corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(len(shape), -1)
     homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
     return float(np.linalg.norm((a - b)[:3] @ homogeneous, axis=0).max())
@@ -195,6 +207,8 @@ def max_displacement(a: np.ndarray, b: np.ndarray, shape) -> float:
 
 def voxel_spacing(affine: np.ndarray | None, spatial_dims: int) -> list[float]:
     """Voxel sizes (mm) along each axis from a 4x4 affine (column norms); 1 per pixel for 2D images (no affine)."""
+    import numpy as np
+
     if affine is None:
         return [1.0] * spatial_dims
     return np.sqrt((affine[:3, :3] ** 2).sum(0)).tolist()[:spatial_dims]

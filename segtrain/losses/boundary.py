@@ -22,7 +22,7 @@ class BoundaryLoss(SegmentationLoss):
     tiny, highly unbalanced targets, as a second phase after a region loss: the paper's "rebalance"
     schedule starts at ``alpha = 1`` (pure generalized Dice) and lowers alpha by ``alpha_step``
     per epoch down to ``alpha_min``: alpha(epoch) = max(alpha_min, alpha − epoch·alpha_step).
-    The current alpha is logged as ``loss/alpha``; it depends on the epoch only, so resuming
+    The current alpha is logged as ``train/loss_alpha``; it depends on the epoch only, so resuming
     continues the schedule.
 
     The distance maps depend on the label only: the data pipeline computes them once per case

@@ -25,9 +25,22 @@ def register(name: str):
     return decorator
 
 
+FAMILIES = ("crossentropy", "overlap", "compound", "lovasz", "boundary")  # the modules whose classes register
+
+
+def _registered() -> dict[str, type[nn.Module]]:
+    """The registry, after importing the family modules (their ``@register`` fills it)."""
+    if not _REGISTRY:
+        import importlib
+
+        for family in FAMILIES:
+            importlib.import_module(f"segtrain.losses.{family}")
+    return _REGISTRY
+
+
 def available_losses() -> list[str]:
     """Sorted list of every registered loss name."""
-    return sorted(_REGISTRY)
+    return sorted(_registered())
 
 
 def loss_parameters(name: str) -> dict[str, Any]:
@@ -36,7 +49,7 @@ def loss_parameters(name: str) -> dict[str, Any]:
 
 
 def _get(name: str) -> type[nn.Module]:
-    if name not in _REGISTRY:
+    if name not in _registered():
         raise ValueError(f"unknown loss '{name}'; available losses: {', '.join(available_losses())}")
     return _REGISTRY[name]
 
@@ -119,12 +132,12 @@ def loss_name(config: dict[str, Any]) -> str:
 def describe_losses(config_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One record per loss: name, one-line summary (first docstring line), parameters with defaults.
 
-    With ``config_dir`` (the folder holding ``loss/<name>.yaml``), each record also gets ``help``:
+    With ``config_dir`` (the folder holding ``train/loss_<name>.yaml``), each record also gets ``help``:
     parameter → the one-line comment of its line in the loss's config file.
     """
     rows = []
     for name in available_losses():
-        doc = inspect.getdoc(_REGISTRY[name]) or ""
+        doc = inspect.getdoc(_registered()[name]) or ""
         row = {"name": name, "summary": doc.splitlines()[0] if doc else "", "params": loss_parameters(name)}
         if config_dir is not None:
             row["help"] = parameter_comments(Path(config_dir) / "loss" / f"{name}.yaml")
